@@ -1,0 +1,50 @@
+# nodecache developer entry points. Everything a newcomer needs is `make run`
+# and `make test`; both create the virtualenv when it is missing.
+
+PYTHON   ?= python3
+VENV     ?= .venv
+VPY      := $(VENV)/bin/python
+STAMP    := $(VENV)/.installed
+RUN_PORT ?= 5353
+ZONE_PORT ?= 5354
+
+# Debian packages the integration tests and benchmarks drive for real:
+# NSD (authoritative upstream), dig and kdig (clients), dnsperf (load),
+# dnsmasq and unbound (peers in `make bench`), iptables and iproute2 (netns tests).
+DEB_PACKAGES := nsd bind9-dnsutils knot-dnsutils dnsperf dnsmasq-base unbound iptables iproute2
+
+.PHONY: help venv debs run test bench lint clean
+
+help:
+	@echo "make run    start the agent on 127.0.0.1:$(RUN_PORT) in front of a sample cluster zone"
+	@echo "make test   install what the tests need (venv, Debian packages) and run them all"
+	@echo "make bench  dnsperf side by side: nodecache, dnsmasq, unbound"
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Idempotent: asks dpkg first and only runs apt-get when something is missing.
+debs:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages: $$missing (run 'make debs' as root, or apt-get install them)"; exit 1; fi; \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+run: $(STAMP)
+	$(VPY) -m nodecache.samplezone --run-agent --port $(RUN_PORT) --zone-port $(ZONE_PORT)
+
+test: debs $(STAMP)
+	$(VPY) -m pytest -q -ra
+
+bench: debs $(STAMP)
+	$(VPY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

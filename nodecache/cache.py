@@ -1,0 +1,253 @@
+"""The answer cache: what is cacheable, for how long, and how a hit is rendered.
+
+Design notes:
+- Each zone has two bounded LRU caches (cachetools), success and denial, as
+  CoreDNS does, so a flood of NXDOMAINs cannot push out good answers.
+- Expiry is checked on read, not by the container: an entry must outlive its
+  TTL by the serve-stale window (RFC 8767), so a TTL cache that drops entries
+  at expiry is the wrong tool. A periodic `purge` drops what is past the
+  window; the LRU bound keeps memory fixed in between.
+- An entry keeps the upstream reply as bytes with the TTL offsets found once
+  on the miss, so a hit is a few slices and a join (see `Entry.reply`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterator
+
+from cachetools import LRUCache
+
+from nodecache import wire
+from nodecache.config import CachePolicy
+
+
+class Kind(enum.Enum):
+    """What an entry says; decides its cache and its lifetime."""
+
+    SUCCESS = "success"
+    DENIAL = "denial"  # NXDOMAIN or NODATA, with an SOA (RFC 2308)
+    SERVFAIL = "servfail"
+
+
+def classify(scan: wire.ReplyScan) -> Kind | None:
+    """Decide whether an upstream reply may be cached; None means never.
+
+    Not cached: truncated replies (the full answer comes over TCP),
+    REFUSED/FORMERR/NOTIMP and other rcodes, and negative answers without an
+    SOA, which carry no negative TTL.
+    """
+    if scan.flags & (wire.TC << 8):
+        return None
+    if scan.rcode == wire.NOERROR:
+        if scan.answers:
+            return Kind.SUCCESS
+        return Kind.DENIAL if scan.soa_ttl is not None else None
+    if scan.rcode == wire.NXDOMAIN:
+        return Kind.DENIAL if scan.soa_ttl is not None else None
+    if scan.rcode == wire.SERVFAIL:
+        return Kind.SERVFAIL
+    return None
+
+
+def lifetime(kind: Kind | None, scan: wire.ReplyScan, policy: CachePolicy) -> int:
+    """Seconds an entry stays fresh; 0 means do not cache."""
+    if kind is Kind.SUCCESS:
+        ttl = min(scan.ttls) if scan.ttls else 0
+        return _clamp(ttl, policy.success_min_ttl, policy.success_max_ttl)
+    if kind is Kind.DENIAL:
+        assert scan.soa_ttl is not None and scan.soa_minimum is not None
+        ttl = min(scan.soa_ttl, scan.soa_minimum)  # RFC 2308 section 5
+        return _clamp(ttl, policy.denial_min_ttl, policy.denial_max_ttl)
+    if kind is Kind.SERVFAIL:
+        return policy.servfail_ttl
+    return 0
+
+
+def _clamp(ttl: int, low: int, high: int) -> int:
+    if ttl <= 0:
+        return 0  # TTL 0 means "do not cache" (RFC 1035 3.2.1); no floor lifts it
+    return max(low, min(ttl, high))
+
+
+class Entry:
+    """One cached reply, ready to be replayed to any client with the same key."""
+
+    __slots__ = (
+        "kind",
+        "rcode",
+        "stored",
+        "expires",
+        "stale_until",
+        "hits",
+        "size",
+        "_heads",
+        "_tc_heads",
+        "_opt",
+        "_body",
+        "_offsets",
+        "_ttls",
+        "_at",
+        "_body_at",
+    )
+
+    def __init__(
+        self,
+        scan: wire.ReplyScan,
+        kind: Kind | None,
+        do: bool,
+        payload: int,
+        now: float,
+        ttl: int,
+        stale: int,
+        ttl_cap: int,
+    ) -> None:
+        self.kind = kind
+        self.rcode = scan.rcode
+        self.stored = now
+        self.expires = now + ttl
+        self.stale_until = self.expires + stale
+        self.hits = 0
+        # Served TTLs never exceed what the cache itself keeps: a client must
+        # not hold a record longer than we would.
+        self._ttls = [t if t < ttl_cap else ttl_cap for t in scan.ttls]
+        self._offsets = scan.ttl_offsets
+        self._body = wire.with_ttls(scan.body, self._offsets, self._ttls, 0)
+        self._at = 0
+        self._body_at = self._body
+        self._opt = wire.opt_record(payload, do, scan.rcode >> 4)
+        flags1 = wire.QR  # AA off: a cached answer is not authoritative (as CoreDNS)
+        flags2 = wire.RA | (scan.flags & (wire.CD | 0x0F))
+        if do:
+            flags2 |= scan.flags & wire.AD
+        counts = (0, 1, scan.answers >> 8, scan.answers & 0xFF, scan.authority >> 8, scan.authority & 0xFF)
+        ar = scan.additional
+        # Four variants, indexed by (client RD bit) | (client sent OPT) << 1.
+        self._heads = tuple(
+            bytes((flags1 | (i & 1), flags2, *counts, (ar + (i >> 1)) >> 8, (ar + (i >> 1)) & 0xFF))
+            for i in range(4)
+        )
+        self._tc_heads = tuple(
+            bytes((flags1 | wire.TC | (i & 1), flags2, 0, 1, 0, 0, 0, 0, 0, i >> 1)) for i in range(4)
+        )
+        self.size = len(self._body) + 200  # rough per-entry overhead in bytes
+
+    def reply(self, data: bytes, qend: int, edns: int, limit: int, now: float) -> bytes:
+        """This answer for the query `data`: its ID, its exact question, our TTLs.
+
+        `limit` is the largest reply the client can take (65535 over TCP).
+        A larger reply goes out empty with TC set, so the client retries over
+        TCP (RFC 7766); the OPT record is kept.
+        """
+        elapsed = int(now - self.stored)
+        if elapsed != self._at:
+            self._body_at = wire.with_ttls(self._body, self._offsets, self._ttls, elapsed)
+            self._at = elapsed
+        v = (data[2] & 1) | (edns << 1)
+        if edns:
+            out = data[:2] + self._heads[v] + data[12:qend] + self._body_at + self._opt
+        else:
+            out = data[:2] + self._heads[v] + data[12:qend] + self._body_at
+        if len(out) > limit:
+            out = data[:2] + self._tc_heads[v] + data[12:qend] + (self._opt if edns else b"")
+        return out
+
+    def stale_reply(self, data: bytes, qend: int, edns: int, limit: int, stale_ttl: int) -> bytes:
+        """The answer past its expiry, every TTL set to `stale_ttl` (RFC 8767 4)."""
+        body = wire.with_ttls(self._body, self._offsets, [stale_ttl] * len(self._ttls), 0)
+        v = (data[2] & 1) | (edns << 1)
+        out = data[:2] + self._heads[v] + data[12:qend] + body + (self._opt if edns else b"")
+        if len(out) > limit:
+            out = data[:2] + self._tc_heads[v] + data[12:qend] + (self._opt if edns else b"")
+        return out
+
+
+class _CountingLRU(LRUCache):  # type: ignore[type-arg]
+    """An LRU that counts what it had to evict to stay within capacity."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self.evictions = 0
+
+    def popitem(self) -> tuple[bytes, Entry]:
+        item = super().popitem()
+        self.evictions += 1
+        return item
+
+
+class ZoneCache:
+    """The success and denial caches of one zone."""
+
+    def __init__(self, policy: CachePolicy, clock: Callable[[], float]) -> None:
+        self.policy = policy
+        self.clock = clock
+        self.success = _CountingLRU(max(policy.success_capacity, 1))
+        self.denial = _CountingLRU(max(policy.denial_capacity, 1))
+
+    def get(self, key: bytes) -> Entry | None:
+        """The entry for `key`, fresh or stale; callers compare the clock."""
+        entry = self.success.get(key)
+        if entry is None:
+            return self.denial.get(key)
+        if entry.expires <= self.clock():
+            # A fresh denial or SERVFAIL stored since then answers instead;
+            # the stale success entry stays for serve-stale.
+            newer: Entry | None = self.denial.get(key)
+            if newer is not None and newer.stored > entry.stored:
+                return newer
+        return entry
+
+    def store(self, key: bytes, scan: wire.ReplyScan, do: bool, payload: int) -> Entry:
+        """Make the entry for an upstream reply and keep it if the rules allow."""
+        kind = classify(scan)
+        now = self.clock()
+        ttl = lifetime(kind, scan, self.policy)
+        p = self.policy
+        cap = p.success_max_ttl if kind is Kind.SUCCESS else ttl
+        entry = Entry(scan, kind, do, payload, now, ttl, p.stale_window if kind is not Kind.SERVFAIL else 0, cap)
+        if ttl <= 0 or kind is None:
+            return entry
+        if kind is Kind.SUCCESS:
+            if p.success_capacity > 0:
+                self.success[key] = entry
+                self.denial.pop(key, None)
+        elif p.denial_capacity > 0:
+            current = self.success.get(key)
+            if kind is Kind.SERVFAIL and current is not None and current.expires > now:
+                return entry  # never hide a good answer behind a failure
+            self.denial[key] = entry
+            if kind is Kind.DENIAL:
+                self.success.pop(key, None)
+        return entry
+
+    def purge(self) -> int:
+        """Drop entries past their stale window; return how many."""
+        now = self.clock()
+        dropped = 0
+        for lru in (self.success, self.denial):
+            for key in [k for k, e in lru.items() if e.stale_until <= now]:
+                del lru[key]
+                dropped += 1
+        return dropped
+
+    def flush(self, match: Callable[[bytes], bool] | None = None) -> int:
+        """Remove every entry (or those whose key `match` accepts); return how many."""
+        removed = 0
+        for lru in (self.success, self.denial):
+            if match is None:
+                removed += len(lru)
+                lru.clear()
+                continue
+            for key in [k for k in lru.keys() if match(k)]:
+                del lru[key]
+                removed += 1
+        return removed
+
+    def entries(self) -> Iterator[tuple[bytes, Entry]]:
+        """Every (key, entry), success first; for stats and tests."""
+        yield from self.success.items()
+        yield from self.denial.items()
+
+    @property
+    def evictions(self) -> int:
+        return self.success.evictions + self.denial.evictions

@@ -1,0 +1,235 @@
+"""The configuration: frozen dataclasses, built once and passed down read-only.
+
+Defaults are named constants matching node-local-dns's stock Corefile, so a
+reader can compare them with the reference in one place.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nodecache.errors import ConfigError, ResolvConfError
+
+DNS_PORT = 53
+DEFAULT_LOCAL_IP = "169.254.20.10"
+DEFAULT_CLUSTER_DOMAIN = "cluster.local"
+DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
+REVERSE_ZONES = ("in-addr.arpa.", "ip6.arpa.")
+
+# Cache policy of the reference: `success 9984 30` and `denial 9984 5` for
+# the cluster domain, `cache 30` (same capacities) for the other zones.
+DEFAULT_CAPACITY = 9984
+DEFAULT_CLUSTER_SUCCESS_TTL = 30
+DEFAULT_CLUSTER_DENIAL_TTL = 5
+DEFAULT_OTHER_TTL = 30
+DEFAULT_SERVFAIL_TTL = 5  # CoreDNS caps cached SERVFAIL at 5 s
+DEFAULT_STALE_WINDOW = 0  # serve-stale is off until its own issue lands
+STALE_REPLY_TTL = 30  # RFC 8767 section 4
+
+# Forwarding, as CoreDNS's forward plugin.
+DEFAULT_TRY_TIMEOUT = 2.0
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_MAX_FAILS = 2
+DEFAULT_HEALTH_CHECK = 0.5
+DEFAULT_EXPIRE = 10.0  # idle persistent TCP connections are closed after this
+DEFAULT_MAX_CONCURRENT = 1000
+POLICIES = ("random", "round_robin", "sequential")
+
+DEFAULT_TCP_IDLE_TIMEOUT = 10.0  # RFC 7766 6.2.3 suggests seconds, not minutes
+DEFAULT_MAX_UDP_PAYLOAD = 1232  # DNS flag day 2020: avoids IP fragmentation
+UPSTREAM_UDP_PAYLOAD = 1232
+LOOPS = ("auto", "uvloop", "asyncio")
+
+
+@dataclass(frozen=True)
+class Address:
+    """An IP and port; IPv6 literals are written [addr]:port."""
+
+    host: str
+    port: int = DNS_PORT
+
+    @classmethod
+    def parse(cls, text: str, default_port: int = DNS_PORT) -> Address:
+        """Read IP, IP:PORT, [IPv6]:PORT or a bare IPv6 address."""
+        text = text.strip()
+        host, port = text, default_port
+        if text.startswith("["):
+            host, sep, rest = text[1:].partition("]")
+            if not sep or (rest and not rest.startswith(":")):
+                raise ConfigError(f"{text!r} is not an address; write [IPv6]:PORT, e.g. [2001:db8::53]:53")
+            if rest:
+                port = _port(rest[1:], text)
+        elif text.count(":") == 1:
+            host, _, p = text.partition(":")
+            port = _port(p, text)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(f"{text!r} is not an IP address; give IP or IP:PORT, e.g. 192.0.2.10:53") from None
+        return cls(host, port)
+
+    @property
+    def family_v6(self) -> bool:
+        return ":" in self.host
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if self.family_v6 else f"{self.host}:{self.port}"
+
+
+def _port(text: str, whole: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ConfigError(f"{whole!r}: the port must be a number from 1 to 65535")
+    return int(text)
+
+
+@dataclass(frozen=True)
+class ForwardPolicy:
+    """Where a zone's misses go and how (CoreDNS `forward`)."""
+
+    upstreams: tuple[Address, ...]
+    force_tcp: bool = False  # cluster DNS: TCP, as node-local-dns does
+    policy: str = "random"
+    max_fails: int = DEFAULT_MAX_FAILS
+    health_check: float = DEFAULT_HEALTH_CHECK
+    try_timeout: float = DEFAULT_TRY_TIMEOUT
+    timeout: float = DEFAULT_TIMEOUT
+    expire: float = DEFAULT_EXPIRE
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
+
+    def __post_init__(self) -> None:
+        if not self.upstreams:
+            raise ConfigError("a zone needs at least one upstream server")
+        if self.policy not in POLICIES:
+            raise ConfigError(f"policy {self.policy!r} is unknown; use one of {', '.join(POLICIES)}")
+        if self.try_timeout <= 0 or self.timeout < self.try_timeout:
+            raise ConfigError("timeouts must be positive, and the overall timeout at least the per-try one")
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """How a zone caches (CoreDNS `cache`): capacities in entries, TTLs in seconds."""
+
+    success_capacity: int = DEFAULT_CAPACITY
+    success_max_ttl: int = DEFAULT_OTHER_TTL
+    success_min_ttl: int = 0
+    denial_capacity: int = DEFAULT_CAPACITY
+    denial_max_ttl: int = DEFAULT_OTHER_TTL
+    denial_min_ttl: int = 0
+    servfail_ttl: int = DEFAULT_SERVFAIL_TTL
+    stale_window: int = DEFAULT_STALE_WINDOW
+
+    def __post_init__(self) -> None:
+        for name in ("success_capacity", "denial_capacity", "success_max_ttl", "denial_max_ttl"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"cache {name.replace('_', ' ')} must not be negative")
+
+
+@dataclass(frozen=True)
+class Zone:
+    """A DNS suffix with its own upstreams and cache policy."""
+
+    name: str  # canonical: lowercase, trailing dot; "." is the root
+    forward: ForwardPolicy
+    cache: CachePolicy = field(default_factory=CachePolicy)
+
+    @property
+    def wire(self) -> bytes:
+        """The lowercased name in wire format, for suffix matching on raw queries."""
+        return name_to_wire(self.name)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the agent needs, decided before it starts."""
+
+    listen: tuple[str, ...]
+    port: int
+    zones: tuple[Zone, ...]
+    tcp_idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT
+    max_udp_payload: int = DEFAULT_MAX_UDP_PAYLOAD
+    loop: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.listen:
+            raise ConfigError("nothing to listen on; give at least one --listen address")
+        names = [z.name for z in self.zones]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"a zone is configured twice: {sorted(n for n in names if names.count(n) > 1)[0]}")
+        if self.loop not in LOOPS:
+            raise ConfigError(f"event loop {self.loop!r} is unknown; use one of {', '.join(LOOPS)}")
+
+
+def canonical_zone(name: str) -> str:
+    """Lowercase with a trailing dot; rejects what cannot be a domain name."""
+    name = name.strip().lower()
+    if name in ("", "."):
+        return "."
+    if not name.endswith("."):
+        name += "."
+    labels = name[:-1].split(".")
+    if any(not label or len(label) > 63 for label in labels) or len(name) > 254:
+        raise ConfigError(f"{name!r} is not a valid domain name")
+    return name
+
+
+def name_to_wire(name: str) -> bytes:
+    """A canonical name in DNS wire format (labels with length bytes)."""
+    if name == ".":
+        return b"\x00"
+    return b"".join(bytes((len(p),)) + p.encode("ascii") for p in name[:-1].split(".")) + b"\x00"
+
+
+def read_resolv_conf(path: str | Path) -> tuple[Address, ...]:
+    """The `nameserver` entries of a resolv.conf, in order, port 53."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ResolvConfError(
+            f"cannot read node resolv.conf {path}: {exc.strerror}; point --node-resolv-conf at a readable file"
+        ) from None
+    servers: list[Address] = []
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split(";", 1)[0].split()
+        if len(words) >= 2 and words[0] == "nameserver":
+            host = words[1].split("%", 1)[0]  # drop an IPv6 zone index
+            try:
+                servers.append(Address(str(ipaddress.ip_address(host))))
+            except ValueError:
+                continue  # resolv(5) ignores what it cannot parse; so do we
+    if not servers:
+        raise ResolvConfError(f"{path} names no usable nameserver; add a 'nameserver IP' line")
+    return tuple(servers)
+
+
+def default_zones(
+    cluster_domain: str,
+    cluster_upstreams: tuple[Address, ...],
+    node_upstreams: tuple[Address, ...],
+    cluster_cache: CachePolicy,
+    other_cache: CachePolicy,
+) -> tuple[Zone, ...]:
+    """The four zones of node-local-dns's stock Corefile.
+
+    The cluster domain and the reverse zones go to the cluster DNS over TCP;
+    everything else goes to the node's resolvers over UDP, retried over TCP
+    when truncated.
+    """
+    cluster = ForwardPolicy(upstreams=cluster_upstreams, force_tcp=True)
+    zones = [Zone(canonical_zone(cluster_domain), cluster, cluster_cache)]
+    zones += [Zone(z, cluster, other_cache) for z in REVERSE_ZONES]
+    zones.append(Zone(".", ForwardPolicy(upstreams=node_upstreams), other_cache))
+    return tuple(zones)
+
+
+def without_self(servers: tuple[Address, ...], listen: tuple[str, ...], port: int) -> tuple[Address, ...]:
+    """Drop resolvers that are this agent itself: forwarding to them would loop."""
+    own = {(ipaddress.ip_address(h), port) for h in listen}
+    kept = tuple(s for s in servers if (ipaddress.ip_address(s.host), s.port) not in own)
+    if not kept:
+        raise ResolvConfError(
+            "every node resolver is this agent's own address; the node's resolv.conf must name "
+            "the real upstream resolvers (set kubelet --resolv-conf or --node-resolv-conf)"
+        )
+    return kept

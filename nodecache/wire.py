@@ -1,0 +1,304 @@
+"""The only hand-written DNS wire code: the per-packet fast path.
+
+Everything here works on raw bytes so that a cache hit never builds a dnslib
+object (dnslib needs tens of microseconds to parse a query; a hit must cost a
+few dict and bytes operations). Each function is small, bounds-checked and
+fuzzed (tests/test_wire_fuzz.py): malformed input raises `Malformed`, nothing
+else.
+
+Layout reminders (RFC 1035 4.1): a 12-byte header (ID, two flag bytes, four
+16-bit counts), the question (name, type, class), then resource records
+(name, type, class, 32-bit TTL, 16-bit length, data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+HEADER_LEN = 12
+MIN_UDP_PAYLOAD = 512  # RFC 1035: what a client without EDNS can take
+MAX_NAME_LEN = 255
+TYPE_SOA = 6
+TYPE_OPT = 41
+EDNS_VERSION = 0
+
+# Response codes (RFC 1035, RFC 6891 for the extended BADVERS).
+NOERROR = 0
+FORMERR = 1
+SERVFAIL = 2
+NXDOMAIN = 3
+NOTIMP = 4
+REFUSED = 5
+BADVERS = 16
+
+# Bits of the second and third header bytes.
+QR = 0x80
+AA = 0x04
+TC = 0x02
+RD = 0x01
+RA = 0x80
+AD = 0x20
+CD = 0x10
+
+# Cache-key flag byte: the DO bit (EDNS) and the CD bit both change what an
+# upstream returns, so they are part of the key (as in CoreDNS).
+KEY_DO = 0x01
+KEY_CD = 0x02
+_KEY_FLAG = [bytes((i,)) for i in range(4)]
+
+
+class Malformed(Exception):
+    """A packet we cannot use.
+
+    `rcode` is what a query deserves in reply (FORMERR, NOTIMP, BADVERS), or
+    None when the packet must be dropped silently (too short to carry an ID,
+    or a response where a query was expected).
+    """
+
+    def __init__(self, why: str, rcode: int | None = FORMERR, qend: int = 0) -> None:
+        super().__init__(why)
+        self.rcode = rcode
+        self.qend = qend  # end of a readable question, 0 when there is none
+
+
+class Query(NamedTuple):
+    """What the fast path needs from a client query (all offsets into it)."""
+
+    key: bytes  # lowercased qname wire + qtype + qclass + flag byte
+    lname: bytes  # lowercased qname in wire format
+    qend: int  # offset just past the question
+    payload: int  # UDP size the client can take
+    edns: int  # 1 if the client sent OPT, else 0
+    do: bool
+
+
+def skip_name(msg: bytes, i: int) -> int:
+    """Return the offset just past the (possibly compressed) name at `i`."""
+    n = len(msg)
+    for _ in range(128):  # a name has at most 127 labels
+        if i >= n:
+            raise Malformed("name runs past the end")
+        length = msg[i]
+        if length == 0:
+            return i + 1
+        if length & 0xC0 == 0xC0:
+            if i + 1 >= n:
+                raise Malformed("cut compression pointer")
+            return i + 2
+        if length & 0xC0:
+            raise Malformed("reserved label type")
+        i += length + 1
+    raise Malformed("name has too many labels")
+
+
+def _scan_question(msg: bytes) -> int:
+    """Return the end of the single question; the name must be uncompressed."""
+    n = len(msg)
+    i = HEADER_LEN
+    while True:
+        if i >= n:
+            raise Malformed("question name runs past the end")
+        length = msg[i]
+        if length == 0:
+            break
+        if length > 63:
+            raise Malformed("compressed or invalid label in the question")
+        i += length + 1
+    i += 1
+    if i - HEADER_LEN > MAX_NAME_LEN:
+        raise Malformed("question name longer than 255 octets")
+    if i + 4 > n:
+        raise Malformed("question has no type and class")
+    return i + 4
+
+
+def _rr(msg: bytes, i: int) -> tuple[int, int, int, int]:
+    """Parse the record at `i`: (type, offset of its TTL, rdata start, rdata end)."""
+    j = skip_name(msg, i)
+    if j + 10 > len(msg):
+        raise Malformed("record header runs past the end")
+    rtype = msg[j] << 8 | msg[j + 1]
+    rd_start = j + 10
+    rd_end = rd_start + (msg[j + 8] << 8 | msg[j + 9])
+    if rd_end > len(msg):
+        raise Malformed("record data runs past the end")
+    return rtype, j + 4, rd_start, rd_end
+
+
+def _find_opt(msg: bytes, i: int, an: int, ns: int, ar: int) -> int:
+    """Return the offset of the OPT record in the additional section, or -1."""
+    for _ in range(an + ns):
+        i = _rr(msg, i)[3]
+    found = -1
+    for _ in range(ar):
+        rtype, _ttl, _rd, end = _rr(msg, i)
+        if rtype == TYPE_OPT:
+            if found >= 0 or msg[i] != 0:
+                raise Malformed("more than one OPT, or OPT not at the root")
+            found = i
+        i = end
+    return found
+
+
+def scan_query(data: bytes) -> Query:
+    """Read what a client asked, straight from the bytes."""
+    n = len(data)
+    if n < HEADER_LEN:
+        raise Malformed("shorter than a DNS header", None)
+    if data[2] & QR:
+        raise Malformed("a response, not a query", None)
+    if data[2] & 0x78:
+        raise Malformed("opcode is not QUERY", NOTIMP)
+    if data[4] or data[5] != 1:
+        raise Malformed("question count is not 1")
+    qend = _scan_question(data)
+    lname = data[HEADER_LEN : qend - 4].lower()
+    flag = KEY_CD if data[3] & CD else 0
+    payload = MIN_UDP_PAYLOAD
+    edns = 0
+    if data[10] or data[11]:  # additional records: look for OPT
+        o = qend
+        if not (data[6] or data[7] or data[8] or data[9]) and data[11] == 1 and data[10] == 0:
+            # Common shape: the OPT is the only record after the question.
+            if o + 11 > n or data[o] != 0 or data[o + 1] != 0 or data[o + 2] != TYPE_OPT:
+                o = _find_opt(data, qend, 0, 0, 1)
+        else:
+            o = _find_opt(
+                data, qend, data[6] << 8 | data[7], data[8] << 8 | data[9], data[10] << 8 | data[11]
+            )
+        if o >= 0:
+            if data[o + 6] != EDNS_VERSION:
+                raise Malformed("unsupported EDNS version", BADVERS, qend)
+            edns = 1
+            size = data[o + 3] << 8 | data[o + 4]
+            if size > payload:
+                payload = size
+            if data[o + 7] & 0x80:
+                flag |= KEY_DO
+    return Query(lname + data[qend - 4 : qend] + _KEY_FLAG[flag], lname, qend, payload, edns, bool(flag & KEY_DO))
+
+
+def opt_record(payload: int, do: bool, ext_rcode: int = 0) -> bytes:
+    """An OPT pseudo-record advertising `payload` (RFC 6891 6.1.2)."""
+    return bytes(
+        (0, 0, TYPE_OPT, payload >> 8, payload & 0xFF, ext_rcode, EDNS_VERSION, 0x80 if do else 0, 0, 0, 0)
+    )
+
+
+def make_query(qid: int, question: bytes, do: bool, cd: bool, payload: int) -> bytes:
+    """An upstream query: RD set, our own OPT, the client's DO and CD bits."""
+    return (
+        bytes((qid >> 8, qid & 0xFF, RD, CD if cd else 0, 0, 1, 0, 0, 0, 0, 0, 1))
+        + question
+        + opt_record(payload, do)
+    )
+
+
+def error_reply(data: bytes, rcode: int, qend: int, edns: int, do: bool, payload: int) -> bytes:
+    """A reply with no records carrying `rcode`, the client's ID and question.
+
+    `qend` 0 means the question was unreadable; the reply then has none.
+    Extended rcodes (BADVERS) go into the OPT record, so one is always added
+    for them.
+    """
+    flags2 = RA | (rcode & 0x0F) | (data[3] & CD)
+    if rcode > 15:
+        edns = 1
+    head = bytes((data[0], data[1], QR | (data[2] & (RD | 0x78)), flags2, 0, 1 if qend else 0, 0, 0, 0, 0, 0, edns))
+    opt = opt_record(payload, do, rcode >> 4) if edns else b""
+    return head + data[HEADER_LEN:qend] + opt
+
+
+@dataclass(slots=True)
+class ReplyScan:
+    """An upstream reply taken apart for caching (built on a miss only)."""
+
+    rcode: int  # including the extended bits from OPT
+    flags: int  # the two flag bytes as one integer
+    answers: int
+    authority: int
+    additional: int  # without the OPT record
+    body: bytes  # everything after the question, OPT removed
+    ttl_offsets: list[int]  # offsets of every TTL field in `body`
+    ttls: list[int]  # their values; a set top bit reads as 0 (RFC 2181 8)
+    soa_ttl: int | None  # first SOA in the authority section, for RFC 2308
+    soa_minimum: int | None
+
+
+def scan_reply(msg: bytes, lname: bytes, qtc: bytes) -> ReplyScan:
+    """Take an upstream reply apart; raise Malformed if it does not answer us.
+
+    `lname` and `qtc` are the lowercased name and the type+class we asked.
+    The OPT record is removed from the body (each client gets its own), and
+    it must be the last record: moving records would break name compression.
+    """
+    n = len(msg)
+    if n < HEADER_LEN:
+        raise Malformed("reply shorter than a header")
+    if not msg[2] & QR or msg[2] & 0x78:
+        raise Malformed("not a QUERY response")
+    if msg[4] or msg[5] != 1:
+        raise Malformed("reply question count is not 1")
+    qend = _scan_question(msg)
+    if msg[qend - 4 : qend] != qtc or msg[HEADER_LEN : qend - 4].lower() != lname:
+        raise Malformed("reply is for another question")
+    an = msg[6] << 8 | msg[7]
+    ns = msg[8] << 8 | msg[9]
+    ar = msg[10] << 8 | msg[11]
+    offsets: list[int] = []
+    ttls: list[int] = []
+    soa_ttl = soa_min = None
+    opt_at = -1
+    ext = 0
+    i = qend
+    for index in range(an + ns + ar):
+        start = i
+        rtype, ttl_at, rd_start, i = _rr(msg, i)
+        if rtype == TYPE_OPT:
+            if index < an + ns or opt_at >= 0:
+                raise Malformed("misplaced or repeated OPT in reply")
+            opt_at = start
+            ext = msg[ttl_at] << 4
+            continue
+        if opt_at >= 0:
+            raise Malformed("OPT is not the last record")
+        ttl = int.from_bytes(msg[ttl_at : ttl_at + 4], "big")
+        if ttl & 0x80000000:
+            ttl = 0
+        offsets.append(ttl_at - qend)
+        ttls.append(ttl)
+        if rtype == TYPE_SOA and soa_ttl is None and an <= index < an + ns:
+            if i - rd_start < 22:
+                raise Malformed("SOA record too short")
+            soa_ttl = ttl
+            soa_min = int.from_bytes(msg[i - 4 : i], "big")
+    end = opt_at if opt_at >= 0 else i
+    return ReplyScan(
+        rcode=ext | (msg[3] & 0x0F),
+        flags=msg[2] << 8 | msg[3],
+        answers=an,
+        authority=ns,
+        additional=ar - (1 if opt_at >= 0 else 0),
+        body=msg[qend:end],
+        ttl_offsets=offsets,
+        ttls=ttls,
+        soa_ttl=soa_ttl,
+        soa_minimum=soa_min,
+    )
+
+
+def with_ttls(body: bytes, offsets: list[int], ttls: list[int], elapsed: int) -> bytes:
+    """`body` with each TTL lowered by `elapsed` seconds, never below 0."""
+    out = bytearray(body)
+    for off, ttl in zip(offsets, ttls):
+        t = ttl - elapsed
+        if t < 0:
+            t = 0
+        out[off : off + 4] = t.to_bytes(4, "big")
+    return bytes(out)
+
+
+def reply_id(msg: bytes) -> int:
+    """The 16-bit ID of a message (0 when too short to have one)."""
+    return msg[0] << 8 | msg[1] if len(msg) >= 2 else -1
