@@ -1,0 +1,168 @@
+"""Shared fixtures: a programmable upstream, in-process and subprocess agents."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nodecache.config import Address, CachePolicy, Config, ForwardPolicy, Zone, default_zones
+from nodecache.server import Server
+from tests.support.fakeupstream import FakeUpstream
+from tests.support.net import free_port
+
+AGENT_START_TIMEOUT = 15.0
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeUpstream]:
+    """A fake authoritative upstream for the sample cluster zone on 127.0.0.1."""
+    with FakeUpstream() as up:
+        yield up
+
+
+@pytest.fixture
+def node_resolv_conf(tmp_path: Path) -> Path:
+    """A resolv.conf naming a loopback address where nothing answers.
+
+    Tests must never let the agent forward to this machine's own resolvers.
+    """
+    path = tmp_path / "resolv.conf"
+    path.write_text("nameserver 127.0.0.254\n")
+    return path
+
+
+def make_config(cluster: list[str], node: list[str] | None = None, **forward: Any) -> Config:
+    """The default four zones with short timeouts, listening on 127.0.0.1 port 0."""
+    ups = tuple(Address.parse(u) for u in cluster)
+    nodes = tuple(Address.parse(u) for u in (node or ["127.0.0.254"]))
+    zones = default_zones("cluster.local", ups, nodes, CachePolicy(30, 30, 0, 9984, 5), CachePolicy())
+    forward.setdefault("try_timeout", 0.5)
+    forward.setdefault("timeout", 1.5)
+    zones = tuple(Zone(z.name, replace(z.forward, **forward), z.cache) for z in zones)
+    return Config(listen=("127.0.0.1",), port=0, zones=zones)
+
+
+def with_zone(config: Config, name: str, forward: ForwardPolicy | None = None, cache: CachePolicy | None = None) -> Config:
+    """`config` with zone `name` replaced (its forward and/or cache policy)."""
+    zones = tuple(
+        Zone(z.name, forward or z.forward, cache or z.cache) if z.name == name else z for z in config.zones
+    )
+    return replace(config, zones=zones)
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Server]:
+    """An agent served by the test's own event loop; `server.bound[0][1]` is its port."""
+    server = Server(config)
+    await server.startup()
+    try:
+        yield server
+    finally:
+        server.request_stop()
+        await server.shutdown()
+
+
+class _OneReply(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if not self.reply.done():
+            self.reply.set_result(data)
+
+
+async def ask_udp(port: int, query: bytes, timeout: float = 3.0) -> bytes | None:
+    """One UDP exchange with an in-process agent, on the agent's own loop."""
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(_OneReply, remote_addr=("127.0.0.1", port))
+    try:
+        transport.sendto(query)
+        return await asyncio.wait_for(proto.reply, timeout)
+    except TimeoutError:
+        return None
+    finally:
+        transport.close()
+
+
+async def ask_tcp(port: int, queries: list[bytes], timeout: float = 3.0) -> list[bytes]:
+    """Pipelined TCP exchange with an in-process agent."""
+    from tests.support.clients import raw_tcp
+
+    return await asyncio.to_thread(raw_tcp, "127.0.0.1", port, queries, timeout)
+
+
+class AgentProcess:
+    """`nodecache run` as a real subprocess, stopped by its PID."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> AgentProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nodecache", "run", *self.args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + AGENT_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if any("serving DNS on" in line for line in self.lines):
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError("agent did not start:\n" + self.log)
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Signal the agent (by PID) and wait; returns its exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._reader is not None:
+            self._reader.join(2)
+        return self.proc.returncode
+
+    def __enter__(self) -> AgentProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@pytest.fixture
+def agent_port() -> int:
+    return free_port()

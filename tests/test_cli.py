@@ -1,0 +1,129 @@
+"""The command line as an operator meets it: help, errors, env vars, `make run`."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import click
+from click.testing import CliRunner
+
+from nodecache.cli import main, run
+from tests.support.clients import dig
+from tests.support.net import free_port
+
+RUN_FLAGS = [
+    "--listen", "--port", "--upstream", "--cluster-domain", "--node-resolv-conf", "--success-capacity",
+    "--denial-capacity", "--cluster-success-ttl", "--cluster-denial-ttl", "--other-ttl", "--servfail-ttl",
+    "--policy", "--try-timeout", "--timeout", "--tcp-idle-timeout", "--max-udp-payload", "--loop", "--log-level",
+]  # fmt: skip
+
+
+def nodecache(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nodecache", *args], capture_output=True, text=True,
+                          timeout=30, env=env)
+
+
+def test_every_run_flag_has_help_and_an_env_var() -> None:
+    options = {o.opts[0]: o for o in run.params if isinstance(o, click.Option)}
+    assert sorted(options) == sorted(RUN_FLAGS)
+    for flag, opt in options.items():
+        assert opt.help and len(opt.help.split()) >= 4, f"{flag} has no real help text"
+        assert opt.envvar == "NODECACHE_" + flag[2:].replace("-", "_").upper()
+    shown = CliRunner().invoke(main, ["run", "--help"], terminal_width=200).output
+    assert all(flag in shown for flag in RUN_FLAGS)
+    assert "NODECACHE_UPSTREAM" in shown
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--upstream", "kube-dns"], "'kube-dns' is not an IP address"),
+        (["--upstream", "192.0.2.10:99999"], "port must be a number"),
+        (["--upstream", "192.0.2.10", "--listen", "localhost"], "'localhost' is not an IP address"),
+        ([], "no cluster DNS upstream"),
+        (["--upstream", "192.0.2.10", "--node-resolv-conf", "/nonexistent/resolv.conf"], "/nonexistent/resolv.conf"),
+    ],
+    ids=["upstream-hostname", "upstream-port", "listen-hostname", "no-upstream", "resolv-conf-missing"],
+)
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 127.0.0.254\n")
+    if "--node-resolv-conf" not in args:
+        args = [*args, "--node-resolv-conf", str(conf)]
+    done = nodecache("run", "--listen", "127.0.0.1", *args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_resolv_conf_pointing_only_at_ourselves_is_refused(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 169.254.20.10\n")
+    done = nodecache("run", "--upstream", "192.0.2.10", "--node-resolv-conf", str(conf))
+    assert done.returncode == 2
+    assert "own address" in done.stderr
+
+
+def test_environment_variables_configure_run(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 127.0.0.254\n")
+    env = {"NODECACHE_UPSTREAM": "not-an-ip", "NODECACHE_NODE_RESOLV_CONF": str(conf), "PATH": "/usr/bin:/bin"}
+    done = nodecache("run", "--listen", "127.0.0.1", env=env)
+    assert done.returncode == 2 and "'not-an-ip' is not an IP address" in done.stderr
+
+
+def test_a_port_in_use_by_another_program_is_reported(tmp_path: Path) -> None:
+    import socket
+
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 127.0.0.254\n")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:  # no SO_REUSEPORT: a real conflict
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        done = nodecache("run", "--listen", "127.0.0.1", "--port", str(port), "--upstream", "192.0.2.10",
+                         "--node-resolv-conf", str(conf))
+    assert done.returncode == 2
+    assert f"cannot listen on 127.0.0.1 port {port}/udp" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_version() -> None:
+    done = nodecache("--version")
+    assert done.returncode == 0 and "nodecache" in done.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("dig") is None, reason="dig is not installed (Debian package bind9-dnsutils)")
+def test_make_run_serves_the_sample_zone_through_the_agent(tmp_path: Path) -> None:
+    """What `make run` starts: the sample zone plus the agent, ready for dig."""
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 127.0.0.254\n")
+    port, zone_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nodecache.samplezone", "--run-agent", "--port", str(port),
+         "--zone-port", str(zone_port), "--node-resolv-conf", str(conf)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        answer = None
+        for _ in range(100):  # up to ~10 s for both servers to come up
+            answer = dig("127.0.0.1", port, "kubernetes.default.svc.cluster.local", timeout=1)
+            if answer.rcode == "NOERROR":
+                break
+            time.sleep(0.1)
+        assert answer is not None and answer.rdatas("A") == ["192.0.2.1"]
+        srv = dig("127.0.0.1", port, "_http._tcp.web.default.svc.cluster.local", "SRV")
+        assert srv.rdatas("SRV") == ["0 100 80 web.default.svc.cluster.local."]
+        assert dig("127.0.0.1", port, "1.2.0.192.in-addr.arpa", "PTR").rdatas("PTR")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=15)
+    assert f"dig @127.0.0.1 -p {port}" in output  # the banner shows what to try
+    assert proc.returncode == 0
