@@ -92,7 +92,7 @@ class Forwarder:
                 continue
             up.succeeded()
             return msg, scan, up
-        raise UpstreamError("; ".join(errors) or "no time left to ask an upstream")
+        raise UpstreamError("; ".join(dict.fromkeys(errors)) or "no time left to ask an upstream")
 
     def close(self) -> None:
         for up in self.upstreams:

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 TCP_LIMIT = 65535
 ZONE_MEMO_LIMIT = 100_000  # names remembered for zone matching before a reset
+WARN_INTERVAL = 5.0  # an upstream outage logs once per zone per interval, not per query
 
 
 @dataclass(eq=False)
@@ -47,6 +48,18 @@ class ZoneRuntime:
         self.cache = ZoneCache(zone.cache, clock)
         self.forwarder = Forwarder(zone.forward)
         self.stats = ZoneStats()
+        self._warned_at = -WARN_INTERVAL
+        self._suppressed = 0
+
+    def warn_failure(self, exc: Exception, now: float) -> None:
+        """Log an upstream failure, at most once per WARN_INTERVAL."""
+        if now - self._warned_at < WARN_INTERVAL:
+            self._suppressed += 1
+            return
+        more = f" ({self._suppressed} more failures since the last message)" if self._suppressed else ""
+        log.warning("zone %s: no upstream answered: %s%s", self.zone.name, exc, more)
+        self._warned_at = now
+        self._suppressed = 0
 
 
 class Resolver:
@@ -146,7 +159,7 @@ class Resolver:
             _msg, scan, _up = await zone.forwarder.query(q.lname, qtc, q.do, cd)
         except UpstreamError as exc:
             if not isinstance(exc, Overloaded):
-                log.warning("zone %s: no upstream answered: %s", zone.zone.name, exc)
+                zone.warn_failure(exc, self.clock())
             raise
         zone.stats.rcodes[scan.rcode] = zone.stats.rcodes.get(scan.rcode, 0) + 1
         return zone.cache.store(q.key, scan, q.do, self._udp_cap)
