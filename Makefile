@@ -7,6 +7,7 @@ VPY      := $(VENV)/bin/python
 STAMP    := $(VENV)/.installed
 RUN_PORT ?= 5353
 ZONE_PORT ?= 5354
+NODE_RESOLV_CONF ?= /etc/resolv.conf
 
 # Debian packages the integration tests and benchmarks drive for real:
 # NSD (authoritative upstream), dig and kdig (clients), dnsperf (load),
@@ -38,7 +39,7 @@ debs:
 	fi
 
 run: $(STAMP)
-	$(VPY) -m nodecache.samplezone --run-agent --port $(RUN_PORT) --zone-port $(ZONE_PORT)
+	$(VPY) -m nodecache.samplezone --run-agent --port $(RUN_PORT) --zone-port $(ZONE_PORT) --node-resolv-conf $(NODE_RESOLV_CONF)
 
 test: debs $(STAMP)
 	$(VPY) -m pytest -q -ra

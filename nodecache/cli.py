@@ -114,7 +114,7 @@ def build_config(opts: dict[str, Any]) -> Config:
     upstreams = tuple(Address.parse(u) for u in _split(opts["upstream"]))
     if not upstreams:
         raise ConfigError(
-            "no cluster DNS upstream: give --upstream with the kube-dns Service IP (e.g. --upstream 10.96.0.10)"
+            "no cluster DNS upstream: give --upstream with the kube-dns Service IP (kubectl -n kube-system get svc kube-dns)"
         )
     node = without_self(read_resolv_conf(opts["node_resolv_conf"]), listen, opts["port"])
     common = dict(
