@@ -83,10 +83,10 @@ class _OneReply(asyncio.DatagramProtocol):
             self.reply.set_result(data)
 
 
-async def ask_udp(port: int, query: bytes, timeout: float = 3.0) -> bytes | None:
+async def ask_udp(port: int, query: bytes, timeout: float = 3.0, host: str = "127.0.0.1") -> bytes | None:
     """One UDP exchange with an in-process agent, on the agent's own loop."""
     loop = asyncio.get_running_loop()
-    transport, proto = await loop.create_datagram_endpoint(_OneReply, remote_addr=("127.0.0.1", port))
+    transport, proto = await loop.create_datagram_endpoint(_OneReply, remote_addr=(host, port))
     try:
         transport.sendto(query)
         return await asyncio.wait_for(proto.reply, timeout)

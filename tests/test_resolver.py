@@ -267,3 +267,25 @@ async def test_malformed_input_is_answered_or_dropped_and_counted(
         assert DNSRecord.parse(reply).header.rcode == expect
     assert still.rr  # the agent keeps serving
     assert counted == 1
+
+
+async def test_tcp_to_the_cluster_dns_is_persistent_and_pipelined(upstream: FakeUpstream) -> None:
+    upstream.set_behaviour(None, Behaviour.delay(0.2))
+    async with running(cluster_config(upstream)) as srv:
+        port = srv.bound[0][1]
+        # Ten misses at once share the pool; ten more later reuse it.
+        await asyncio.gather(*(ask_udp(port, query(f"t{i}.wild.cluster.local")) for i in range(10)))
+        await asyncio.gather(*(ask_udp(port, query(f"u{i}.wild.cluster.local")) for i in range(10)))
+    assert upstream.count(None, "tcp") == 20
+    assert 1 <= upstream.tcp_connections <= 4
+
+
+async def test_ipv4_and_ipv6_listeners_in_one_process(upstream: FakeUpstream) -> None:
+    cfg = replace(cluster_config(upstream), listen=("127.0.0.1", "::1"))
+    async with running(cfg) as srv:
+        (v4, p4), (v6, p6) = srv.bound
+        six = DNSRecord.parse(await ask_udp(p6, query(SVC, qid=6), host="::1"))
+        four = DNSRecord.parse(await ask_udp(p4, query(SVC, qid=4)))
+    assert (v4, v6) == ("127.0.0.1", "::1")
+    assert six.header.id == 6 and four.header.id == 4
+    assert [str(r.rdata) for r in six.rr] == [str(r.rdata) for r in four.rr] == ["192.0.2.1"]
