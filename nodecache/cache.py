@@ -193,7 +193,7 @@ class ZoneCache:
             # A fresh denial or SERVFAIL stored since then answers instead;
             # the stale success entry stays for serve-stale.
             newer: Entry | None = self.denial.get(key)
-            if newer is not None and newer.stored > entry.stored:
+            if newer is not None and newer.stored > entry.stored and newer.expires > self.clock():
                 return newer
         return entry
 
@@ -208,16 +208,16 @@ class ZoneCache:
         if ttl <= 0 or kind is None:
             return entry
         if kind is Kind.SUCCESS:
+            self.denial.pop(key, None)
             if p.success_capacity > 0:
                 self.success[key] = entry
-                self.denial.pop(key, None)
-        elif p.denial_capacity > 0:
-            current = self.success.get(key)
-            if kind is Kind.SERVFAIL and current is not None and current.expires > now:
-                return entry  # never hide a good answer behind a failure
+            return entry
+        if kind is Kind.DENIAL:
+            self.success.pop(key, None)  # the name is gone: the old answer must not be served stale
+        elif (current := self.success.get(key)) is not None and current.expires > now:
+            return entry  # never hide a good answer behind a failure
+        if p.denial_capacity > 0:
             self.denial[key] = entry
-            if kind is Kind.DENIAL:
-                self.success.pop(key, None)
         return entry
 
     def purge(self) -> int:

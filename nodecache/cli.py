@@ -7,6 +7,7 @@ Errors we raise on purpose print as one line and exit 2, never a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import sys
 from collections.abc import Callable
@@ -110,7 +111,8 @@ def build_config(opts: dict[str, Any]) -> Config:
     """Turn `run`'s flags into the one frozen Config."""
     listen = _split(opts["listen"])
     for host in listen:
-        Address.parse(host)  # rejects what is not an IP, with the reason
+        if not _is_ip(host):
+            raise ConfigError(f"--listen {host!r} is not an IP address; give a bare IPv4 or IPv6 address (the port is --port)")
     upstreams = tuple(Address.parse(u) for u in _split(opts["upstream"]))
     if not upstreams:
         raise ConfigError(
@@ -136,6 +138,14 @@ def build_config(opts: dict[str, Any]) -> Config:
         max_udp_payload=opts["max_udp_payload"],
         loop=opts["loop"],
     )
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _with_forwarding(zone: Zone, opts: dict[str, Any]) -> Zone:

@@ -79,7 +79,7 @@ class Address:
 
 
 def _port(text: str, whole: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise ConfigError(f"{whole!r}: the port must be a number from 1 to 65535")
     return int(text)
 
@@ -105,6 +105,10 @@ class ForwardPolicy:
             raise ConfigError(f"policy {self.policy!r} is unknown; use one of {', '.join(POLICIES)}")
         if self.try_timeout <= 0 or self.timeout < self.try_timeout:
             raise ConfigError("timeouts must be positive, and the overall timeout at least the per-try one")
+        if self.max_fails < 0 or self.max_concurrent < 1:
+            raise ConfigError("max_fails must be 0 or more (0: never mark down) and max_concurrent at least 1")
+        if self.health_check <= 0 or self.expire <= 0:
+            raise ConfigError("health_check and expire must be positive durations")
 
 
 @dataclass(frozen=True)
@@ -121,9 +125,11 @@ class CachePolicy:
     stale_window: int = DEFAULT_STALE_WINDOW
 
     def __post_init__(self) -> None:
-        for name in ("success_capacity", "denial_capacity", "success_max_ttl", "denial_max_ttl"):
-            if getattr(self, name) < 0:
+        for name, value in vars(self).items():
+            if value < 0:
                 raise ConfigError(f"cache {name.replace('_', ' ')} must not be negative")
+        if self.success_min_ttl > self.success_max_ttl or self.denial_min_ttl > self.denial_max_ttl:
+            raise ConfigError("a cache minimum TTL cannot exceed its maximum TTL")
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,15 @@ class Config:
     def __post_init__(self) -> None:
         if not self.listen:
             raise ConfigError("nothing to listen on; give at least one --listen address")
+        for host in self.listen:
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ConfigError(f"listen address {host!r} is not an IP address (no port or brackets; use --port)") from None
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is out of range 0-65535")
+        if self.max_udp_payload < 512:
+            raise ConfigError("the largest UDP reply cannot be below 512 bytes (RFC 1035)")
         names = [z.name for z in self.zones]
         if len(set(names)) != len(names):
             raise ConfigError(f"a zone is configured twice: {sorted(n for n in names if names.count(n) > 1)[0]}")
@@ -166,6 +181,8 @@ def canonical_zone(name: str) -> str:
     name = name.strip().lower()
     if name in ("", "."):
         return "."
+    if not name.isascii():
+        raise ConfigError(f"{name!r} is not ASCII; write internationalised names in their xn-- (IDNA) form")
     if not name.endswith("."):
         name += "."
     labels = name[:-1].split(".")
@@ -184,7 +201,8 @@ def name_to_wire(name: str) -> bytes:
 def read_resolv_conf(path: str | Path) -> tuple[Address, ...]:
     """The `nameserver` entries of a resolv.conf, in order, port 53."""
     try:
-        text = Path(path).read_text()
+        # latin-1 maps every byte: a stray non-UTF-8 byte in a comment must not stop the agent.
+        text = Path(path).read_bytes().decode("latin-1")
     except OSError as exc:
         raise ResolvConfError(
             f"cannot read node resolv.conf {path}: {exc.strerror}; point --node-resolv-conf at a readable file"
@@ -193,7 +211,7 @@ def read_resolv_conf(path: str | Path) -> tuple[Address, ...]:
     for line in text.splitlines():
         words = line.split("#", 1)[0].split(";", 1)[0].split()
         if len(words) >= 2 and words[0] == "nameserver":
-            host = words[1].split("%", 1)[0]  # drop an IPv6 zone index
+            host = words[1]  # a link-local IPv6 server keeps its %interface: it needs one
             try:
                 servers.append(Address(str(ipaddress.ip_address(host))))
             except ValueError:

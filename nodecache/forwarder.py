@@ -9,7 +9,7 @@ queries are already in flight (memory stays bounded when upstreams stall).
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import random
 import time
 
@@ -17,6 +17,8 @@ from nodecache import wire
 from nodecache.config import UPSTREAM_UDP_PAYLOAD, ForwardPolicy
 from nodecache.errors import UpstreamError
 from nodecache.upstream import Build, Check, Upstream
+
+log = logging.getLogger(__name__)
 
 MAX_TRIES = 8  # upper bound on tries per query, whatever the deadline allows
 
@@ -89,6 +91,7 @@ class Forwarder:
             except UpstreamError as exc:
                 up.failed()
                 errors.append(str(exc))
+                log.debug("try %d failed: %s", attempt + 1, exc)
                 continue
             up.succeeded()
             return msg, scan, up

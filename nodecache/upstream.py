@@ -6,9 +6,9 @@ OS CSPRNG. The socket is connected, so the kernel itself drops datagrams from
 any other address; a datagram with the wrong ID or question is ignored and we
 keep waiting for the real answer until the try times out.
 
-TCP to the cluster DNS is persistent: queries are pipelined on a small pool
-of connections (one until it is busy), idle connections close after
-`expire` seconds.
+TCP to the cluster DNS is persistent: queries are pipelined on a pool of
+connections (a few queries deep each, see PIPELINE_DEPTH), idle connections
+close after `expire` seconds.
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ from nodecache.errors import UpstreamError
 
 log = logging.getLogger(__name__)
 
-MAX_TCP_CONNECTIONS = 4  # per upstream; a new one opens only when all are busy
+# Per upstream: up to PIPELINE_DEPTH queries share a connection before another
+# opens, up to MAX_TCP_CONNECTIONS. Deep pipelines on few connections stall
+# some servers (NSD held single replies back for seconds at depth ~25), and
+# CoreDNS answers one connection's queries in order, so width beats depth.
+MAX_TCP_CONNECTIONS = 16
+PIPELINE_DEPTH = 4
 MAX_MESSAGE = 65535
 HEALTH_QUERY = b"\x00" + b"\x00\x02\x00\x01"  # ". IN NS", as CoreDNS probes
 
@@ -35,40 +40,59 @@ Check = Callable[[bytes], wire.ReplyScan]
 Build = Callable[[int], bytes]
 
 
-class _TcpConnection:
-    """One TCP connection carrying many in-flight queries, matched by ID."""
+class _TcpConnection(asyncio.Protocol):
+    """One TCP connection carrying many in-flight queries, matched by ID.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, expire: float) -> None:
-        self.reader = reader
-        self.writer = writer
+    A Protocol rather than streams: replies are dispatched straight from
+    `data_received`, with no reader task to schedule (and under uvloop the
+    stream-based version occasionally left a reply unread for seconds).
+    """
+
+    def __init__(self, expire: float) -> None:
         self.expire = expire
         self.pending: dict[int, asyncio.Future[bytes]] = {}
         self.closed = False
-        self._task = asyncio.get_running_loop().create_task(self._read_loop())
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._timer: asyncio.TimerHandle | None = None
 
-    async def _read_loop(self) -> None:
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(self.expire):
-                        head = await self.reader.readexactly(2)
-                except TimeoutError:
-                    if self.pending:
-                        continue  # queries are waiting; their own timeouts apply
-                    break  # idle for `expire` seconds
-                msg = await self.reader.readexactly(struct.unpack("!H", head)[0])
-                fut = self.pending.pop(wire.reply_id(msg), None)
-                if fut is not None and not fut.done():
-                    fut.set_result(msg)
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self.close()
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(self.expire, self._expired)
+
+    def _expired(self) -> None:
+        if self.pending:
+            self._arm()  # queries are waiting; their own timeouts apply
+        else:
+            self.close()  # idle for `expire` seconds
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        while len(buf) >= 2:
+            size = buf[0] << 8 | buf[1]
+            if len(buf) < 2 + size:
+                break
+            msg = bytes(buf[2 : 2 + size])
+            del buf[: 2 + size]
+            fut = self.pending.pop(wire.reply_id(msg), None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close()
 
     def send(self, qid: int, query: bytes) -> asyncio.Future[bytes]:
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.pending[qid] = fut
-        self.writer.write(struct.pack("!H", len(query)) + query)
+        assert self.transport is not None
+        self.transport.write(struct.pack("!H", len(query)) + query)
+        self._arm()
         return fut
 
     def close(self) -> None:
@@ -79,9 +103,10 @@ class _TcpConnection:
             if not fut.done():
                 fut.set_exception(UpstreamError("upstream closed the TCP connection"))
         self.pending.clear()
-        self.writer.close()
-        if self._task is not asyncio.current_task():
-            self._task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.transport is not None:
+            self.transport.close()
 
 
 class Upstream:
@@ -167,14 +192,15 @@ class Upstream:
         """The least busy open connection; a new one only when all are busy."""
         self._conns = [c for c in self._conns if not c.closed]
         best = min(self._conns, key=lambda c: len(c.pending), default=None)
-        if best is not None and (not best.pending or len(self._conns) >= MAX_TCP_CONNECTIONS):
+        if best is not None and (len(best.pending) < PIPELINE_DEPTH or len(self._conns) >= MAX_TCP_CONNECTIONS):
             return best
         if self._connecting is not None:
             return await asyncio.shield(self._connecting)
         self._connecting = asyncio.get_running_loop().create_future()
         try:
-            reader, writer = await asyncio.open_connection(self.address.host, self.address.port)
-            conn = _TcpConnection(reader, writer, self.expire)
+            _, conn = await asyncio.get_running_loop().create_connection(
+                lambda: _TcpConnection(self.expire), self.address.host, self.address.port
+            )
             self._conns.append(conn)
             self._connecting.set_result(conn)
             return conn

@@ -304,5 +304,5 @@ def with_ttls(body: bytes, offsets: list[int], ttls: list[int], elapsed: int) ->
 
 
 def reply_id(msg: bytes) -> int:
-    """The 16-bit ID of a message (0 when too short to have one)."""
+    """The 16-bit ID of a message (-1, never a real ID, when too short to have one)."""
     return msg[0] << 8 | msg[1] if len(msg) >= 2 else -1

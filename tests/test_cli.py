@@ -46,10 +46,11 @@ def test_every_run_flag_has_help_and_an_env_var() -> None:
         (["--upstream", "kube-dns"], "'kube-dns' is not an IP address"),
         (["--upstream", "192.0.2.10:99999"], "port must be a number"),
         (["--upstream", "192.0.2.10", "--listen", "localhost"], "'localhost' is not an IP address"),
+        (["--upstream", "192.0.2.10", "--listen", "[2001:db8::10]"], "'[2001:db8::10]' is not an IP address"),
         ([], "no cluster DNS upstream"),
         (["--upstream", "192.0.2.10", "--node-resolv-conf", "/nonexistent/resolv.conf"], "/nonexistent/resolv.conf"),
     ],
-    ids=["upstream-hostname", "upstream-port", "listen-hostname", "no-upstream", "resolv-conf-missing"],
+    ids=["upstream-hostname", "upstream-port", "listen-hostname", "listen-bracketed", "no-upstream", "resolv-conf-missing"],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
     conf = tmp_path / "resolv.conf"
