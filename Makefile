@@ -20,6 +20,7 @@ help:
 	@echo "make run    start the agent on 127.0.0.1:$(RUN_PORT) in front of a sample cluster zone"
 	@echo "make test   install what the tests need (venv, Debian packages) and run them all"
 	@echo "make bench  dnsperf side by side: nodecache, dnsmasq, unbound"
+	@echo "make lint   ruff and mypy"
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +47,10 @@ test: debs $(STAMP)
 
 bench: debs $(STAMP)
 	$(VPY) benchmarks/run.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check nodecache tests benchmarks
+	$(VENV)/bin/mypy nodecache --ignore-missing-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

@@ -9,6 +9,7 @@ a coroutine. Everything `answer` touches is a dict, a slice or an int.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -133,7 +134,7 @@ class Resolver:
         if task is None:
             task = asyncio.get_running_loop().create_task(self._fetch(zone, q))
             self._inflight[q.key] = task
-            task.add_done_callback(lambda _t, key=q.key: self._inflight.pop(key, None))
+            task.add_done_callback(functools.partial(self._landed, q.key))
         else:
             zone.stats.coalesced += 1
         limit = TCP_LIMIT if tcp else min(q.payload, self._udp_cap)
@@ -150,6 +151,10 @@ class Resolver:
             zone.stats.servfail += 1
             return wire.error_reply(data, wire.SERVFAIL, q.qend, q.edns, q.do, self._udp_cap)
         return entry.reply(data, q.qend, q.edns, limit, self.clock())
+
+    def _landed(self, key: bytes, _task: asyncio.Task[Entry]) -> None:
+        """An upstream answer arrived (or failed): the next miss asks again."""
+        self._inflight.pop(key, None)
 
     async def _fetch(self, zone: ZoneRuntime, q: wire.Query) -> Entry:
         """Ask the zone's upstreams and store what they say (when cacheable)."""

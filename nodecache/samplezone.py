@@ -12,15 +12,16 @@ ever collide with a real network.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import click
 from dnslib import (
@@ -190,12 +191,9 @@ class _Zone:
 
     def lookup(self, name: DNSLabel) -> list[RR] | None:
         """RRs owned by `name` (wildcards expanded, owner spelled as asked); None if no such name."""
-        if name in self.names:
-            found = self.nodes.get(name, [])
-        else:
-            found = self._wildcard(name)
-            if found is None:
-                return None
+        found = self.nodes.get(name, []) if name in self.names else self._wildcard(name)
+        if found is None:
+            return None
         return [RR(name, rr.rtype, rr.rclass, rr.ttl, rr.rdata) for rr in found]
 
     def _wildcard(self, name: DNSLabel) -> list[RR] | None:
@@ -204,7 +202,7 @@ class _Zone:
         for cut in range(1, len(labels) - len(self.origin.label) + 1):
             encloser = DNSLabel(labels[cut:])
             if encloser in self.names:
-                return self.nodes.get(DNSLabel((b"*",) + encloser.label))
+                return self.nodes.get(DNSLabel((b"*", *encloser.label)))
         return None
 
 
@@ -302,7 +300,7 @@ def encode(reply: DNSRecord, query: DNSRecord, transport: str) -> bytes:
         short.header.tc = 1
         short.ar = [rr for rr in reply.ar if rr.rtype == QTYPE.OPT]
         data = short.pack()
-    return data
+    return bytes(data)
 
 
 def formerr_for(data: bytes) -> bytes | None:
@@ -312,7 +310,7 @@ def formerr_for(data: bytes) -> bytes | None:
     header = DNSHeader(
         id=int.from_bytes(data[:2], "big"), qr=1, opcode=(data[2] >> 3) & 0xF, rd=data[2] & 1, rcode=RCODE.FORMERR
     )
-    return DNSRecord(header).pack()
+    return bytes(DNSRecord(header).pack())
 
 
 # --------------------------------------------------------------------------- server
@@ -343,7 +341,7 @@ class SampleResponder:
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- answering (override `handle` to change behaviour per query)
 
@@ -386,10 +384,8 @@ class SampleResponder:
         """Stop serving and join the thread (bounded)."""
         loop, stopping = self._loop, self._stopping
         if loop is not None and stopping is not None and not loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed in between
                 loop.call_soon_threadsafe(stopping.set)
-            except RuntimeError:  # the loop closed in between
-                pass
         if self._thread is not None:
             self._thread.join(5.0)
             self._thread = None
@@ -451,15 +447,19 @@ class SampleResponder:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await server.wait_closed()
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        """Remember a running task so stop() can cancel it."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._track(asyncio.get_running_loop().create_task(coro))
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Length-framed queries, answered concurrently so pipelined queries can overtake."""
         self.tcp_connections += 1
-        self._tasks.add(asyncio.current_task())  # type: ignore[arg-type]
+        if (me := asyncio.current_task()) is not None:
+            self._track(me)
         peer = writer.get_extra_info("peername")[:2]
         try:
             for _ in range(TCP_MAX_QUERIES_PER_CONNECTION):
@@ -469,7 +469,6 @@ class SampleResponder:
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             pass
         finally:
-            self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
             writer.close()
 
     async def _tcp_answer(self, data: bytes, peer: tuple[str, int], writer: asyncio.StreamWriter) -> None:
@@ -479,9 +478,7 @@ class SampleResponder:
         elif reply is not None and not writer.is_closing():
             writer.write(len(reply).to_bytes(2, "big") + reply)
 
-    async def _udp_answer(
-        self, data: bytes, peer: tuple[str, int], transport: asyncio.DatagramTransport
-    ) -> None:
+    async def _udp_answer(self, data: bytes, peer: tuple[str, int], transport: asyncio.DatagramTransport) -> None:
         reply = await self.handle(data, "udp", peer)
         if reply and not transport.is_closing():
             transport.sendto(reply, peer)
@@ -503,11 +500,12 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 # --------------------------------------------------------------------------- make run
 
 
-def _banner(port: int, agent: bool) -> str:
+def _banner(address: str, port: int, agent: bool) -> str:
     who = "agent (cache) in front of the sample zone" if agent else "sample zone (no cache)"
-    d = f"dig @127.0.0.1 -p {port}"
+    ttl_note = "TTL counts down: answered from cache" if agent else "TTL stays 30: no cache here"
+    d = f"dig @{address} -p {port}"
     return f"""
-nodecache sample: {who} on 127.0.0.1:{port}. Try:
+nodecache sample: {who} on {address} port {port}. Try:
   {d} kubernetes.default.svc.cluster.local
   {d} _http._tcp.web.default.svc.cluster.local SRV
   {d} -x 192.0.2.1
@@ -516,7 +514,7 @@ nodecache sample: {who} on 127.0.0.1:{port}. Try:
   {d} nothere.default.svc.cluster.local            # NXDOMAIN with SOA
   {d} anything.wild.cluster.local                  # wildcard: a new name every time
   for i in 1 2 3; do {d} web.default.svc.cluster.local +noall +answer; sleep 2; done
-                                                   # {"TTL counts down: answered from cache" if agent else "TTL stays 30: no cache here"}
+                                                   # {ttl_note}
 Ctrl-C stops everything.
 """
 
@@ -543,7 +541,7 @@ def main(run_agent: bool, port: int, zone_port: int, address: str, domain: str, 
             if run_agent:
                 returncode = _run_agent(zone, address, port, node_resolv_conf)
             else:
-                click.echo(_banner(zone.port, agent=False))
+                click.echo(_banner(address, zone.port, agent=False))
                 threading.Event().wait()  # until a signal raises _Stop
     except _Stop:
         pass
@@ -560,7 +558,7 @@ def _run_agent(zone: SampleResponder, address: str, port: int, node_resolv_conf:
     ]  # fmt: skip
     agent = subprocess.Popen(cmd)
     try:
-        click.echo(_banner(port, agent=True))
+        click.echo(_banner(address, port, agent=True))
         return agent.wait()
     except _Stop:
         # The agent goes first (it may still be talking to the zone); ignore further

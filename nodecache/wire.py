@@ -180,7 +180,8 @@ def scan_query(data: bytes) -> Query:
             if data[o + 7] & 0x80:
                 flag |= KEY_DO
     # tuple.__new__ skips NamedTuple's Python-level __new__: a third of this function's cost.
-    return _new_query(Query, (lname + data[qend - 4 : qend] + _KEY_FLAG[flag], lname, qend, payload, edns, flag & KEY_DO == KEY_DO))
+    key = lname + data[qend - 4 : qend] + _KEY_FLAG[flag]
+    return _new_query(Query, (key, lname, qend, payload, edns, flag & KEY_DO == KEY_DO))
 
 
 def opt_record(payload: int, do: bool, ext_rcode: int = 0) -> bytes:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import locale
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,7 @@ from nodecache.config import (
 from nodecache.errors import ConfigError, NodecacheError, ResolvConfError
 from tests.dnsmsg import name_wire
 
-UP = (Address("10.96.0.10"),)
+UP = (Address("192.0.2.10"),)
 
 
 # ---------------------------------------------------------------------------- Address
@@ -41,8 +40,8 @@ UP = (Address("10.96.0.10"),)
         ("192.0.2.10", "192.0.2.10", 53),
         ("192.0.2.10:53", "192.0.2.10", 53),
         ("192.0.2.10:5353", "192.0.2.10", 5353),
-        ("10.96.0.10:1", "10.96.0.10", 1),
-        ("10.96.0.10:65535", "10.96.0.10", 65535),
+        ("192.0.2.10:1", "192.0.2.10", 1),
+        ("192.0.2.10:65535", "192.0.2.10", 65535),
         ("  169.254.20.10  ", "169.254.20.10", 53),
         ("::1", "::1", 53),
         ("2001:db8::53", "2001:db8::53", 53),
@@ -198,17 +197,17 @@ def write(tmp_path: Path, text: str | bytes) -> Path:
 @pytest.mark.parametrize(
     ("text", "servers"),
     [
-        ("nameserver 10.0.0.1\n", ["10.0.0.1"]),
-        ("nameserver 10.0.0.1\nnameserver 10.0.0.2\nnameserver 2001:db8::1\n", ["10.0.0.1", "10.0.0.2", "2001:db8::1"]),
-        ("# nameserver 10.9.9.9\nnameserver 10.0.0.1\n", ["10.0.0.1"]),
-        ("; nameserver 10.9.9.9\nnameserver 10.0.0.1\n", ["10.0.0.1"]),
-        ("nameserver 10.0.0.1 # primary\nnameserver 10.0.0.2;secondary\n", ["10.0.0.1", "10.0.0.2"]),
-        ("search default.svc.cluster.local svc.cluster.local\noptions ndots:5 timeout:1\nnameserver 10.0.0.1\n", ["10.0.0.1"]),
-        ("domain example.com\noptions edns0 trust-ad\n  nameserver\t10.0.0.1  \nsortlist 10.0.0.0/8\n", ["10.0.0.1"]),
-        ("nameserver\nnameserver not-an-ip\nnameserver 10.0.0.1:53\nnameserver 10.0.0.2\n", ["10.0.0.2"]),
+        ("nameserver 198.51.100.1\n", ["198.51.100.1"]),
+        ("nameserver 198.51.100.1\nnameserver 198.51.100.2\nnameserver 2001:db8::1\n", ["198.51.100.1", "198.51.100.2", "2001:db8::1"]),
+        ("# nameserver 203.0.113.9\nnameserver 198.51.100.1\n", ["198.51.100.1"]),
+        ("; nameserver 203.0.113.9\nnameserver 198.51.100.1\n", ["198.51.100.1"]),
+        ("nameserver 198.51.100.1 # primary\nnameserver 198.51.100.2;secondary\n", ["198.51.100.1", "198.51.100.2"]),
+        ("search default.svc.cluster.local svc.cluster.local\noptions ndots:5 timeout:1\nnameserver 198.51.100.1\n", ["198.51.100.1"]),
+        ("domain example.com\noptions edns0 trust-ad\n  nameserver\t198.51.100.1  \nsortlist 198.51.100.0/24\n", ["198.51.100.1"]),
+        ("nameserver\nnameserver not-an-ip\nnameserver 198.51.100.1:53\nnameserver 198.51.100.2\n", ["198.51.100.2"]),
         ("nameserver 2001:db8::0001\n", ["2001:db8::1"]),
-        ("nameserver 10.0.0.1\r\nnameserver 10.0.0.2\r\n", ["10.0.0.1", "10.0.0.2"]),
-        ("nameservers 10.9.9.9\nnameserver 10.0.0.1", ["10.0.0.1"]),
+        ("nameserver 198.51.100.1\r\nnameserver 198.51.100.2\r\n", ["198.51.100.1", "198.51.100.2"]),
+        ("nameservers 203.0.113.9\nnameserver 198.51.100.1", ["198.51.100.1"]),
     ],
 )
 def test_read_resolv_conf(tmp_path: Path, text: str, servers: list[str]) -> None:
@@ -234,8 +233,8 @@ def test_read_resolv_conf_link_local_keeps_zone(tmp_path: Path) -> None:
 
 def test_read_resolv_conf_latin1_comment(tmp_path: Path) -> None:
     """A Latin-1 byte in a comment does not stop the nameservers being read (libc reads bytes)."""
-    path = write(tmp_path, b"# r\xe9solveurs du n\xbfud\nnameserver 10.0.0.1\n")
-    assert [a.host for a in read_resolv_conf(path)] == ["10.0.0.1"]
+    path = write(tmp_path, b"# r\xe9solveurs du n\xbfud\nnameserver 198.51.100.1\n")
+    assert [a.host for a in read_resolv_conf(path)] == ["198.51.100.1"]
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory"])
@@ -249,7 +248,7 @@ def test_read_resolv_conf_unreadable(tmp_path: Path, kind: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "\n\n", "# nameserver 10.0.0.1\n", "search example.com\noptions ndots:5\n", "nameserver dns.google\n"],
+    ["", "\n\n", "# nameserver 198.51.100.1\n", "search example.com\noptions ndots:5\n", "nameserver dns.google\n"],
 )
 def test_read_resolv_conf_without_nameserver(tmp_path: Path, text: str) -> None:
     """No usable nameserver: a ResolvConfError naming the file."""
@@ -269,7 +268,7 @@ def test_resolv_conf_error_is_a_config_error() -> None:
 
 def test_default_zones() -> None:
     """The four zones of node-local-dns's stock Corefile, with their upstreams, transports and caches."""
-    cluster_ups = (Address("10.96.0.10"), Address("10.96.0.11", 5353))
+    cluster_ups = (Address("192.0.2.10"), Address("192.0.2.11", 5353))
     node_ups = (Address("192.0.2.1"), Address("2001:db8::1"))
     cluster_cache = CachePolicy(success_max_ttl=30, denial_max_ttl=5)
     other_cache = CachePolicy(success_max_ttl=30, denial_max_ttl=30, success_capacity=1000)
@@ -307,12 +306,12 @@ def test_default_zones_bad_cluster_domain(domain: str) -> None:
 @pytest.mark.parametrize(
     ("servers", "listen", "port", "kept"),
     [
-        (["169.254.20.10", "10.0.0.2"], ["169.254.20.10"], 53, ["10.0.0.2"]),
-        (["10.0.0.1", "169.254.20.10", "10.0.0.2"], ["169.254.20.10"], 53, ["10.0.0.1", "10.0.0.2"]),
-        (["10.96.0.10", "10.0.0.2"], ["169.254.20.10", "10.96.0.10"], 53, ["10.0.0.2"]),
-        (["10.0.0.1", "10.0.0.2"], ["169.254.20.10"], 53, ["10.0.0.1", "10.0.0.2"]),
+        (["169.254.20.10", "198.51.100.2"], ["169.254.20.10"], 53, ["198.51.100.2"]),
+        (["198.51.100.1", "169.254.20.10", "198.51.100.2"], ["169.254.20.10"], 53, ["198.51.100.1", "198.51.100.2"]),
+        (["192.0.2.10", "198.51.100.2"], ["169.254.20.10", "192.0.2.10"], 53, ["198.51.100.2"]),
+        (["198.51.100.1", "198.51.100.2"], ["169.254.20.10"], 53, ["198.51.100.1", "198.51.100.2"]),
         (["169.254.20.10"], ["169.254.20.10"], 5353, ["169.254.20.10"]),  # we are on another port
-        (["fd00::10", "10.0.0.2"], ["fd00:0:0::0010"], 53, ["10.0.0.2"]),  # same IPv6, other spelling
+        (["fd00::10", "198.51.100.2"], ["fd00:0:0::0010"], 53, ["198.51.100.2"]),  # same IPv6, other spelling
     ],
 )
 def test_without_self(servers: list[str], listen: list[str], port: int, kept: list[str]) -> None:
@@ -324,14 +323,14 @@ def test_without_self(servers: list[str], listen: list[str], port: int, kept: li
 @pytest.mark.parametrize(("server_port", "our_port", "kept"), [(5353, 53, True), (5353, 5353, False), (53, 53, False)])
 def test_without_self_compares_ports(server_port: int, our_port: int, kept: bool) -> None:
     """Our IP on another port is a different server; our IP and port is us."""
-    servers = (Address("169.254.20.10", server_port), Address("10.0.0.2"))
+    servers = (Address("169.254.20.10", server_port), Address("198.51.100.2"))
     got = without_self(servers, ("169.254.20.10",), our_port)
     assert (servers[0] in got) == kept and servers[1] in got
 
 
 @pytest.mark.parametrize(
     ("servers", "listen"),
-    [(["169.254.20.10"], ["169.254.20.10"]), (["169.254.20.10", "10.96.0.10"], ["10.96.0.10", "169.254.20.10"])],
+    [(["169.254.20.10"], ["169.254.20.10"]), (["169.254.20.10", "192.0.2.10"], ["192.0.2.10", "169.254.20.10"])],
 )
 def test_without_self_nothing_left(servers: list[str], listen: list[str]) -> None:
     """Only ourselves in resolv.conf would loop: a ResolvConfError telling what to fix."""
@@ -419,7 +418,7 @@ def _zones(*names: str) -> tuple[Zone, ...]:
 
 def test_config_valid() -> None:
     """A listen address, distinct zones and a known loop make a Config."""
-    config = Config(listen=("169.254.20.10", "10.96.0.10"), port=53, zones=_zones("cluster.local", "."), loop="asyncio")
+    config = Config(listen=("169.254.20.10", "192.0.2.10"), port=53, zones=_zones("cluster.local", "."), loop="asyncio")
     assert [z.name for z in config.zones] == ["cluster.local.", "."]
 
 

@@ -169,7 +169,9 @@ def test_garbage_never_stops_the_agent(agent: AgentProcess, packet: bytes) -> No
 
 
 @pytest.mark.root
-def test_names_outside_the_cluster_go_to_the_node_resolver(agent: AgentProcess, nsd: NSD, node_resolver: FakeUpstream | None) -> None:
+def test_names_outside_the_cluster_go_to_the_node_resolver(
+    agent: AgentProcess, nsd: NSD, node_resolver: FakeUpstream | None
+) -> None:
     if node_resolver is None:
         pytest.skip("the node resolver stand-in needs port 53 on 127.0.0.77: run as root")
     node_resolver.reset()
