@@ -65,7 +65,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out: Path = (args.out or RESULTS_DIR / f"profile_hit-{args.mode}-{stamp}.prof").resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in (out, Path(f"{out}.recording"), Path(f"{out}.done")):
@@ -229,7 +229,7 @@ def report(out: Path, args: argparse.Namespace, findings: dict) -> int:
     for title, idx in (("own time (tottime)", 2), ("cumulative time", 3)):
         print(f"\ntop {args.top} by {title}:")
         print(f"{'ncalls':>10} {'tottime':>9} {'cumtime':>9} {'%tot':>5}  function")
-        for key, (cc, nc, tt, ct, _callers) in sorted(raw.items(), key=lambda kv: kv[1][idx],
+        for key, (_cc, nc, tt, ct, _callers) in sorted(raw.items(), key=lambda kv: kv[1][idx],
                                                      reverse=True)[:args.top]:
             print(f"{nc:>10,} {tt:>9.3f} {ct:>9.3f} {100 * tt / total_tt:>4.0f}%  {where(key)}")
 

@@ -261,7 +261,7 @@ def bench(args: argparse.Namespace, names: list[str], workloads: list[str], opts
     """Start upstream and contenders, run the interleaved measurements, report."""
     server_cpu = bl.SERVER_CPU if pin else None
     load_cpu = bl.LOAD_CPU if pin else None
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     extra = shlex.split(args.nodecache_args)
     running: list[Running] = []
     runs: list[dict] = []

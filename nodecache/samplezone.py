@@ -542,6 +542,7 @@ def main(run_agent: bool, port: int, zone_port: int, address: str, domain: str, 
                 returncode = _run_agent(zone, address, port, node_resolv_conf)
             else:
                 click.echo(_banner(address, zone.port, agent=False))
+                sys.stdout.flush()  # visible at once even when piped (make run | tee)
                 threading.Event().wait()  # until a signal raises _Stop
     except _Stop:
         pass
@@ -559,6 +560,7 @@ def _run_agent(zone: SampleResponder, address: str, port: int, node_resolv_conf:
     agent = subprocess.Popen(cmd)
     try:
         click.echo(_banner(address, port, agent=True))
+        sys.stdout.flush()
         return agent.wait()
     except _Stop:
         # The agent goes first (it may still be talking to the zone); ignore further

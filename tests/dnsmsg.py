@@ -136,7 +136,7 @@ def full_rcode(rec: DNSRecord) -> int:
     return ((o.edns_rcode << 4) if o is not None else 0) | rec.header.rcode
 
 
-def with_header(msg: bytes, *, flags1: int | None = None, flags2: int | None = None, counts: Sequence[int] | None = None) -> bytes:
+def with_header(msg: bytes, *, flags1: int | None = None, flags2: int | None = None, counts: Sequence[int] | None = None) -> bytes:  # noqa: E501
     """`msg` with some header fields overwritten (for packets dnslib will not build)."""
     out = bytearray(msg)
     if flags1 is not None:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from dnslib import QTYPE, RR, NS
+from dnslib import NS, QTYPE, RR
 
 from nodecache import wire
 from nodecache.cache import Entry, Kind, ZoneCache, classify, lifetime

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import click
+import pytest
 from click.testing import CliRunner
 
 from nodecache.cli import main, run

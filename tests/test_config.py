@@ -198,12 +198,12 @@ def write(tmp_path: Path, text: str | bytes) -> Path:
     ("text", "servers"),
     [
         ("nameserver 198.51.100.1\n", ["198.51.100.1"]),
-        ("nameserver 198.51.100.1\nnameserver 198.51.100.2\nnameserver 2001:db8::1\n", ["198.51.100.1", "198.51.100.2", "2001:db8::1"]),
+        ("nameserver 198.51.100.1\nnameserver 198.51.100.2\nnameserver 2001:db8::1\n", ["198.51.100.1", "198.51.100.2", "2001:db8::1"]),  # noqa: E501
         ("# nameserver 203.0.113.9\nnameserver 198.51.100.1\n", ["198.51.100.1"]),
         ("; nameserver 203.0.113.9\nnameserver 198.51.100.1\n", ["198.51.100.1"]),
         ("nameserver 198.51.100.1 # primary\nnameserver 198.51.100.2;secondary\n", ["198.51.100.1", "198.51.100.2"]),
-        ("search default.svc.cluster.local svc.cluster.local\noptions ndots:5 timeout:1\nnameserver 198.51.100.1\n", ["198.51.100.1"]),
-        ("domain example.com\noptions edns0 trust-ad\n  nameserver\t198.51.100.1  \nsortlist 198.51.100.0/24\n", ["198.51.100.1"]),
+        ("search default.svc.cluster.local svc.cluster.local\noptions ndots:5 timeout:1\nnameserver 198.51.100.1\n", ["198.51.100.1"]),  # noqa: E501
+        ("domain example.com\noptions edns0 trust-ad\n  nameserver\t198.51.100.1  \nsortlist 198.51.100.0/24\n", ["198.51.100.1"]),  # noqa: E501
         ("nameserver\nnameserver not-an-ip\nnameserver 198.51.100.1:53\nnameserver 198.51.100.2\n", ["198.51.100.2"]),
         ("nameserver 2001:db8::0001\n", ["2001:db8::1"]),
         ("nameserver 198.51.100.1\r\nnameserver 198.51.100.2\r\n", ["198.51.100.1", "198.51.100.2"]),
