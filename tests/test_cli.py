@@ -128,3 +128,17 @@ def test_make_run_serves_the_sample_zone_through_the_agent(tmp_path: Path) -> No
         output, _ = proc.communicate(timeout=15)
     assert f"dig @127.0.0.1 -p {port}" in output  # the banner shows what to try
     assert proc.returncode == 0
+
+
+def test_stock_asyncio_loop_is_a_working_fallback(tmp_path: Path) -> None:
+    from tests.conftest import AgentProcess
+    from tests.support.fakeupstream import FakeUpstream
+
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 127.0.0.254\n")
+    port = free_port()
+    with FakeUpstream() as up, AgentProcess(["--listen", "127.0.0.1", "--port", str(port), "--upstream",
+                                             f"127.0.0.1:{up.port}", "--node-resolv-conf", str(conf),
+                                             "--loop", "asyncio"]) as agent:
+        assert dig("127.0.0.1", port, "kubernetes.default.svc.cluster.local").rdatas("A") == ["192.0.2.1"]
+    assert "event loop: asyncio" in agent.log

@@ -289,3 +289,13 @@ async def test_ipv4_and_ipv6_listeners_in_one_process(upstream: FakeUpstream) ->
     assert (v4, v6) == ("127.0.0.1", "::1")
     assert six.header.id == 6 and four.header.id == 4
     assert [str(r.rdata) for r in six.rr] == [str(r.rdata) for r in four.rr] == ["192.0.2.1"]
+
+
+async def test_pipelined_tcp_answers_are_sent_as_each_is_ready(upstream: FakeUpstream) -> None:
+    slow = "slow.wild.cluster.local"
+    upstream.set_behaviour(slow, Behaviour.delay(0.5))
+    async with running(cluster_config(upstream)) as srv:
+        port = srv.bound[0][1]
+        await ask_udp(port, query(SVC))  # now cached
+        replies = await ask_tcp(port, [query(slow, qid=1), query(SVC, qid=2)])
+    assert [DNSRecord.parse(r).header.id for r in replies] == [2, 1]  # the hit did not wait for the miss

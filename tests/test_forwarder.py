@@ -1,0 +1,63 @@
+"""Upstream choice: policies, health ordering and the per-try/overall deadline."""
+
+from __future__ import annotations
+
+import time
+
+from nodecache.config import DEFAULT_TIMEOUT, DEFAULT_TRY_TIMEOUT, Address, ForwardPolicy
+from nodecache.config import name_to_wire as wire_name
+from nodecache.errors import UpstreamError
+from nodecache.forwarder import Forwarder
+from tests.support.fakeupstream import Behaviour, FakeUpstream
+
+THREE = tuple(Address("192.0.2.10", 53 + i) for i in range(3))
+A_IN = b"\x00\x01\x00\x01"
+
+
+def ports(order: list) -> list[int]:
+    return [u.address.port for u in order]
+
+
+def test_defaults_match_coredns_forward() -> None:
+    policy = ForwardPolicy(upstreams=THREE[:1])
+    assert (DEFAULT_TRY_TIMEOUT, DEFAULT_TIMEOUT) == (2.0, 5.0)
+    assert (policy.try_timeout, policy.timeout, policy.max_fails, policy.policy) == (2.0, 5.0, 2, "random")
+
+
+def test_sequential_always_starts_with_the_first() -> None:
+    fwd = Forwarder(ForwardPolicy(upstreams=THREE, policy="sequential"))
+    assert {tuple(ports(fwd.order())) for _ in range(10)} == {(53, 54, 55)}
+
+
+def test_round_robin_rotates_the_first_choice() -> None:
+    fwd = Forwarder(ForwardPolicy(upstreams=THREE, policy="round_robin"))
+    assert [ports(fwd.order())[0] for _ in range(6)] == [53, 54, 55, 53, 54, 55]
+
+
+def test_random_spreads_the_first_choice() -> None:
+    fwd = Forwarder(ForwardPolicy(upstreams=THREE, policy="random"))
+    firsts = {ports(fwd.order())[0] for _ in range(200)}
+    assert firsts == {53, 54, 55}
+
+
+def test_servers_marked_down_are_tried_last() -> None:
+    fwd = Forwarder(ForwardPolicy(upstreams=THREE, policy="sequential", max_fails=1))
+    fwd.upstreams[0].fails = 1  # as if its last query failed
+    assert ports(fwd.order()) == [54, 55, 53]
+
+
+async def test_overall_deadline_bounds_the_tries() -> None:
+    with FakeUpstream() as up:
+        up.set_behaviour(None, Behaviour.drop())
+        fwd = Forwarder(ForwardPolicy(upstreams=(Address("127.0.0.1", up.port),), try_timeout=0.2, timeout=0.5))
+        started = time.monotonic()
+        try:
+            await fwd.query(wire_name("a.example."), A_IN, False, False)
+        except UpstreamError as exc:
+            assert "did not answer within" in str(exc)
+        else:
+            raise AssertionError("a silent upstream must fail the query")
+        elapsed = time.monotonic() - started
+        fwd.close()
+    assert up.count("a.example.") == 3  # 0.2 + 0.2 + the 0.1 left
+    assert elapsed < 2.0
