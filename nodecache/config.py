@@ -42,6 +42,13 @@ DEFAULT_MAX_UDP_PAYLOAD = 1232  # DNS flag day 2020: avoids IP fragmentation
 UPSTREAM_UDP_PAYLOAD = 1232
 LOOPS = ("auto", "uvloop", "asyncio")
 
+DEFAULT_INTERFACE_NAME = "nodelocaldns"
+DEFAULT_SYNC_INTERVAL = 60.0  # seconds between full interface/rule checks, as the reference
+DEFAULT_CONTROL_SOCKET = "/run/nodecache/control.sock"
+DEFAULT_METRICS_ADDRESS = "0.0.0.0:9253"
+DEFAULT_HEALTH_PORT = 8080
+DEFAULT_LAMEDUCK = 5.0
+
 
 @dataclass(frozen=True)
 class Address:
@@ -156,6 +163,18 @@ class Config:
     tcp_idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT
     max_udp_payload: int = DEFAULT_MAX_UDP_PAYLOAD
     loop: str = "auto"
+    # Node integration (netif.py, firewall.py). Off unless asked for: a Config
+    # built in a test must never touch the host's interfaces or iptables.
+    setup_interface: bool = False
+    setup_iptables: bool = False
+    interface_name: str = DEFAULT_INTERFACE_NAME
+    sync_interval: float = DEFAULT_SYNC_INTERVAL
+    skip_teardown: bool = False
+    # Operator endpoints (control.py, metrics.py). None: not served.
+    control_socket: str | None = None
+    metrics_address: str | None = None
+    health_address: str | None = None
+    lameduck: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.listen:

@@ -51,6 +51,13 @@ class Server:
             await self.shutdown()
 
     async def startup(self) -> None:
+        """Listeners first (they must serve before traffic is steered to them),
+        then the node's interface and rules, then the operator's endpoints."""
+        await self._open_listeners()
+        await self._setup_node()
+        await self._open_endpoints()
+
+    async def _open_listeners(self) -> None:
         """Bind UDP and TCP on every listen address (same port for both)."""
         loop = asyncio.get_running_loop()
         for host in self.config.listen:
@@ -76,18 +83,38 @@ class Server:
             ups = ", ".join(str(a) for a in z.forward.upstreams)
             log.info("zone %s -> %s over %s", z.name, ups, "tcp" if z.forward.force_tcp else "udp (tcp on truncation)")
 
+    async def _setup_node(self) -> None:
+        """Node integration (interface, iptables rules): see netif.py, firewall.py."""
+
+    async def _open_endpoints(self) -> None:
+        """Control socket, metrics and health endpoints: see control.py, metrics.py."""
+
+    async def _enter_lameduck(self) -> None:
+        """Stop looking ready and keep answering for a while before stopping."""
+
+    async def _teardown_node(self) -> None:
+        """Remove the iptables rules, then the interface (unless told to keep them)."""
+
+    async def _close_endpoints(self) -> None:
+        """Close the control socket and the HTTP endpoints."""
+
     async def main_loop(self) -> None:
         await self._stop.wait()
         log.info("stopping")
 
     async def shutdown(self) -> None:
-        """Stop taking queries, let in-flight ones finish, then close upstreams."""
-        # 1. No new queries: close the listening sockets.
+        """Hand the node back in a fixed order; each step tolerates a failed startup."""
+        # 1. Readiness goes false first, and queries are still answered for the lameduck delay.
+        await self._enter_lameduck()
+        # 2. Rules, then the interface: traffic to a kube-dns ClusterIP falls back to kube-proxy.
+        await self._teardown_node()
+        # 3. No new queries: close the listening sockets.
         for closer in self._closers:
             closer.close()
-        # 2. Misses already being resolved get a bounded time to answer.
+        # 4. Misses already being resolved get a bounded time to answer.
         await self.tasks.drain(DRAIN_TIMEOUT)
-        # 3. Housekeeping and upstream connections go last.
+        # 5. Operator endpoints, housekeeping and upstream connections go last.
+        await self._close_endpoints()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         self.resolver.close()
