@@ -296,6 +296,20 @@ def start_upstream(workdir: Path):
     return nsd
 
 
+def agent_endpoint_args(workdir: Path) -> list[str]:
+    """nodecache's operator endpoints where a benchmark may have them.
+
+    The CLI defaults are a node agent's (/run/nodecache/control.sock, 0.0.0.0:9253,
+    LOCAL_IP:8080, 5 s lameduck). Here: the control socket in the run's temporary
+    directory, metrics and health on free loopback ports, no lameduck. They stay on,
+    as in production; `--nodecache-args "--metrics-address off"` (later flags win)
+    measures without them.
+    """
+    return ["--control-socket", str(workdir / "control.sock"),
+            "--metrics-address", f"{LOCALHOST}:{free_port()}", "--health-address", f"{LOCALHOST}:{free_port()}",
+            "--lameduck", "0"]  # fmt: skip
+
+
 def free_port() -> int:
     """A port that is free for both UDP and TCP on 127.0.0.1."""
     from tests.support.net import free_port as _free_port

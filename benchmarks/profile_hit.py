@@ -85,10 +85,10 @@ def main() -> int:
         port = bl.free_port()
         resolv = workdir / "resolv.conf"
         resolv.write_text(f"nameserver {bl.LOCALHOST}\n")
-        agent_args = ["run", "--listen", bl.LOCALHOST, "--port", str(port),
+        agent_args = ["run", "--no-setup-interface", "--no-setup-iptables", "--listen", bl.LOCALHOST, "--port", str(port),
                       "--upstream", f"{bl.LOCALHOST}:{upstream.port}",
                       "--cluster-domain", bl.CLUSTER_DOMAIN, "--node-resolv-conf", str(resolv),
-                      *shlex.split(args.nodecache_args)]
+                      *bl.agent_endpoint_args(workdir), *shlex.split(args.nodecache_args)]
         if args.mode == "phase":
             argv = [sys.executable, str(LAUNCHER), str(out), *agent_args]
         else:

@@ -80,11 +80,11 @@ class Nodecache(Contender):
         resolv = slot.workdir / "resolv.conf"
         # Only cluster.local names are asked; the node resolv.conf just has to parse.
         resolv.write_text(f"nameserver {bl.LOCALHOST}\n")
-        return [sys.executable, "-m", "nodecache", "run",
+        return [sys.executable, "-m", "nodecache", "run", "--no-setup-interface", "--no-setup-iptables",
                 "--listen", bl.LOCALHOST, "--port", str(slot.port),
                 "--upstream", f"{bl.LOCALHOST}:{slot.upstream_port}",
                 "--cluster-domain", bl.CLUSTER_DOMAIN,
-                "--node-resolv-conf", str(resolv), *slot.extra_args]
+                "--node-resolv-conf", str(resolv), *bl.agent_endpoint_args(slot.workdir), *slot.extra_args]
 
     def env(self) -> dict[str, str]:
         # The CLI reads NODECACHE_* variables; a stray one in the caller's shell

@@ -9,6 +9,10 @@ Design notes:
   window; the LRU bound keeps memory fixed in between.
 - An entry keeps the upstream reply as bytes with the TTL offsets found once
   on the miss, so a hit is a few slices and a join (see `Entry.reply`).
+- A hit is counted on the entry's `tally`: a list of four ints (UDP/TCP over
+  IPv4/IPv6) shared by every entry of the same zone, kind, rcode and qtype.
+  One list add records requests, hits and responses by all the labels the
+  metrics need, and the counts outlive the entries (see `ZoneCache.tally`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,12 @@ from cachetools import LRUCache
 
 from nodecache import wire
 from nodecache.config import CachePolicy
+
+# How a query arrived, as an index into a tally: bit 0 set for TCP, bit 1 for IPv6.
+VIA_UDP4, VIA_TCP4, VIA_UDP6, VIA_TCP6 = 0, 1, 2, 3
+VIAS = 4
+
+Tally = list[int]
 
 
 class Kind(enum.Enum):
@@ -81,6 +91,7 @@ class Entry:
         "stale_until",
         "hits",
         "size",
+        "tally",
         "_heads",
         "_tc_heads",
         "_opt",
@@ -108,6 +119,7 @@ class Entry:
         self.expires = now + ttl
         self.stale_until = self.expires + stale
         self.hits = 0
+        self.tally: Tally = [0] * VIAS  # replaced by the zone's shared tally when stored
         # Served TTLs never exceed what the cache itself keeps: a client must
         # not hold a record longer than we would.
         self._ttls = [t if t < ttl_cap else ttl_cap for t in scan.ttls]
@@ -163,16 +175,36 @@ class Entry:
 
 
 class _CountingLRU(LRUCache):  # type: ignore[type-arg]
-    """An LRU that counts what it had to evict to stay within capacity."""
+    """An LRU that counts what it had to evict, and the approximate bytes it holds.
+
+    Bytes are kept up to date on every insert and removal (misses, evictions,
+    purges, flushes), never on a hit, so reading them costs nothing.
+    """
 
     def __init__(self, maxsize: int) -> None:
         super().__init__(maxsize)
         self.evictions = 0
+        self.bytes = 0
 
     def popitem(self) -> tuple[bytes, Entry]:
         item = super().popitem()
         self.evictions += 1
         return item
+
+    def __setitem__(self, key: bytes, entry: Entry) -> None:
+        if key in self:
+            self.bytes -= LRUCache.__getitem__(self, key).size
+        super().__setitem__(key, entry)
+        self.bytes += entry.size
+
+    def __delitem__(self, key: bytes) -> None:
+        size = LRUCache.__getitem__(self, key).size
+        super().__delitem__(key)
+        self.bytes -= size
+
+    def clear(self) -> None:
+        super().clear()
+        self.bytes = 0
 
 
 class ZoneCache:
@@ -183,6 +215,19 @@ class ZoneCache:
         self.clock = clock
         self.success = _CountingLRU(max(policy.success_capacity, 1))
         self.denial = _CountingLRU(max(policy.denial_capacity, 1))
+        # (kind, rcode, qtype) -> hits by how they arrived; see the module notes.
+        self.tallies: dict[tuple[Kind, int, int], Tally] = {}
+
+    def tally(self, kind: Kind, rcode: int, qtype: int) -> Tally:
+        """The shared hit counters for entries of this kind, rcode and qtype."""
+        found = self.tallies.get((kind, rcode, qtype))
+        if found is None:
+            found = self.tallies[(kind, rcode, qtype)] = [0] * VIAS
+        return found
+
+    @property
+    def hits(self) -> int:
+        return sum(sum(t) for t in self.tallies.values())
 
     def get(self, key: bytes) -> Entry | None:
         """The entry for `key`, fresh or stale; callers compare the clock."""
@@ -207,6 +252,7 @@ class ZoneCache:
         entry = Entry(scan, kind, do, payload, now, ttl, p.stale_window if kind is not Kind.SERVFAIL else 0, cap)
         if ttl <= 0 or kind is None:
             return entry
+        entry.tally = self.tally(kind, scan.rcode, key[-5] << 8 | key[-4])
         if kind is Kind.SUCCESS:
             self.denial.pop(key, None)
             if p.success_capacity > 0:
@@ -251,3 +297,8 @@ class ZoneCache:
     @property
     def evictions(self) -> int:
         return self.success.evictions + self.denial.evictions
+
+    @property
+    def bytes(self) -> int:
+        """Approximate memory held by the entries (reply bytes plus a fixed overhead each)."""
+        return self.success.bytes + self.denial.bytes

@@ -7,10 +7,13 @@ Errors we raise on purpose print as one line and exit 2, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
+import os
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
@@ -21,15 +24,23 @@ from nodecache.config import (
     DEFAULT_CLUSTER_DENIAL_TTL,
     DEFAULT_CLUSTER_DOMAIN,
     DEFAULT_CLUSTER_SUCCESS_TTL,
+    DEFAULT_CONTROL_SOCKET,
+    DEFAULT_HEALTH_PORT,
+    DEFAULT_INTERFACE_NAME,
+    DEFAULT_LAMEDUCK,
     DEFAULT_LOCAL_IP,
     DEFAULT_MAX_UDP_PAYLOAD,
+    DEFAULT_METRICS_ADDRESS,
     DEFAULT_OTHER_TTL,
+    DEFAULT_QUERY_LOG_SAMPLE,
     DEFAULT_RESOLV_CONF,
     DEFAULT_SERVFAIL_TTL,
+    DEFAULT_SYNC_INTERVAL,
     DEFAULT_TCP_IDLE_TIMEOUT,
     DEFAULT_TIMEOUT,
     DEFAULT_TRY_TIMEOUT,
     DNS_PORT,
+    IPTABLES_BACKENDS,
     LOOPS,
     POLICIES,
     Address,
@@ -37,24 +48,48 @@ from nodecache.config import (
     Config,
     ForwardPolicy,
     Zone,
+    canonical_zone,
+    check_interface_name,
     default_zones,
     read_resolv_conf,
     without_self,
 )
-from nodecache.errors import ConfigError, NodecacheError
+from nodecache.errors import ConfigError, ControlError, NodecacheError
+from nodecache.logs import LOG_FORMATS
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _option(name: str, **kw: Any) -> Callable[[Any], Any]:
-    """A click option with its NODECACHE_ variable and its default shown."""
-    env = "NODECACHE_" + name.lstrip("-").replace("-", "_").upper()
-    return click.option(name, envvar=env, show_envvar=True, show_default=True, **kw)
+def _option(name: str, *aliases: str, **kw: Any) -> Callable[[Any], Any]:
+    """A click option with its NODECACHE_ variable (named after its first name) and its default shown."""
+    env = "NODECACHE_" + name.split("/")[0].lstrip("-").replace("-", "_").upper()
+    return click.option(name, *aliases, envvar=env, show_envvar=True, show_default=True, **kw)
 
 
 def _split(values: tuple[str, ...]) -> tuple[str, ...]:
     """Accept repeated flags and comma-separated lists alike."""
     return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+
+def _corefile_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The Corefile flags, shared by `run` and `check-config` (node-cache's names where it has them)."""
+    options = [
+        _option("--config", "--base-corefile", default=None, metavar="FILE", type=click.Path(dir_okay=False),
+                help="Corefile to run (node-local-dns's ConfigMap, placeholders and all); its zones replace the "
+                     "flag-built ones. Flags given explicitly still win (see README, precedence)."),
+        _option("--corefile", default=None, metavar="FILE", type=click.Path(dir_okay=False),
+                help="node-cache compatibility: write the Corefile with its placeholders filled in to FILE "
+                     "(for inspection; the agent runs from --config)."),
+        _option("--upstream-svc", default=None, metavar="NAME",
+                help="Service in front of the cluster DNS (e.g. kube-dns-upstream); its IP, from the variable "
+                     "NAME_SERVICE_HOST, fills in __PILLAR__CLUSTER__DNS__."),
+        _option("--kube-dns-config-dir", default=None, metavar="DIR", type=click.Path(file_okay=False),
+                help="kube-dns ConfigMap mount (stubDomains, upstreamNameservers) read with --config. "
+                     "[default: /etc/kube-dns when present]"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -64,8 +99,9 @@ def main() -> None:
 
 
 @main.command()
-@_option("--listen", multiple=True, default=(DEFAULT_LOCAL_IP,), metavar="IP",
-         help="Address to serve DNS on; repeat (or comma-separate) for several, IPv4 and IPv6 alike.")
+@_option("--local-ip", "--listen", multiple=True, default=(DEFAULT_LOCAL_IP,), metavar="IP[,IP...]",
+         help="Address to serve DNS on, and to put on the interface and in the iptables rules; repeat or "
+              "comma-separate for several (e.g. 169.254.20.10 and the kube-dns ClusterIP), IPv4 and IPv6 alike.")
 @_option("--port", type=click.IntRange(0, 65535), default=DNS_PORT,
          help="Port for UDP and TCP (0 picks a free one, for tests).")
 @_option("--upstream", multiple=True, metavar="IP[:PORT]",
@@ -97,22 +133,89 @@ def main() -> None:
          help="Largest UDP reply sent, whatever size a client advertises (1232 avoids fragmentation).")
 @_option("--loop", type=click.Choice(LOOPS), default="auto",
          help="Event loop: uvloop is several times faster on cache hits; auto falls back to asyncio.")
+@_option("--setup-interface/--no-setup-interface", default=True,
+         help="Create the interface and add the local IPs to it, and keep them there; with --no-setup-interface "
+              "the agent only checks that something else did.")
+@_option("--setup-iptables/--no-setup-iptables", default=True,
+         help="Install the NOTRACK/ACCEPT iptables rules for the local IPs and keep them in place.")
+@_option("--interface-name", default=DEFAULT_INTERFACE_NAME, help="Name of the interface that holds the local IPs.")
+@_option("--sync-interval", type=click.FloatRange(0.1), default=DEFAULT_SYNC_INTERVAL,
+         help="Seconds between full checks of the interface and the rules (netlink events heal the interface at once).")
+@_option("--skip-teardown", is_flag=True, default=False,
+         help="Leave the interface and rules in place at exit (for upgrades: the next agent takes them over).")
+@_option("--iptables-backend", type=click.Choice(IPTABLES_BACKENDS), default="auto",
+         help="iptables flavour for the rules; auto picks the one already holding the node's (kube-proxy's) rules.")
 @_option("--log-level", type=click.Choice(LOG_LEVELS), default="info", help="Least severe log level shown.")
+@_option("--log-format", type=click.Choice(LOG_FORMATS), default="text",
+         help="Log lines as text (time level logger: message key=value) or as one JSON object per line.")
+@_option("--control-socket", default=DEFAULT_CONTROL_SOCKET, metavar="PATH",
+         help="Unix socket (mode 0600) for `nodecache stats` and `nodecache flush`; 'off' serves none.")
+@_option("--metrics-address", default=DEFAULT_METRICS_ADDRESS, metavar="HOST:PORT",
+         help="Where Prometheus scrapes /metrics (CoreDNS metric names); 'off' serves none.")
+@_option("--health-address", default=None, metavar="HOST:PORT",
+         help="Where /health (liveness) and /ready (a real query through the listeners) are served; 'off' serves "
+              f"none. [default: the first --local-ip, port {DEFAULT_HEALTH_PORT}]")
+@_option("--lameduck", type=click.FloatRange(0), default=DEFAULT_LAMEDUCK, metavar="SECONDS",
+         help="On SIGTERM, /ready turns 503 and queries are still answered this long before shutdown.")
+@_option("--query-log", is_flag=True, default=False,
+         help="Log one line per answered query: client, name, type, rcode, hit/miss/stale, duration.")
+@_option("--query-log-sample", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_QUERY_LOG_SAMPLE,
+         metavar="RATE", help="With --query-log: the share of queries logged, e.g. 0.01 for one in a hundred.")
+@_option("--query-log-errors-only", is_flag=True, default=False,
+         help="With --query-log: log only answers with rcode SERVFAIL or NXDOMAIN.")
+@_corefile_options
 def run(**opts: Any) -> None:
     """Run the caching agent in the foreground."""
-    _setup_logging(opts["log_level"])
-    config = _guard(lambda: build_config(opts))
+    _setup_logging(opts["log_level"], opts["log_format"])
+    explicit = _explicit_flags(click.get_current_context())
+    config = _guard(lambda: build_config(opts, explicit))
     from nodecache import server  # the event loop and sockets only for `run`
 
-    _guard(lambda: server.run(config))
+    _guard(lambda: server.run(config, lambda: build_config(opts, explicit), _watched(opts)))
 
 
-def build_config(opts: dict[str, Any]) -> Config:
-    """Turn `run`'s flags into the one frozen Config."""
-    listen = _split(opts["listen"])
+def _watched(opts: dict[str, Any]) -> list[str]:
+    """The files whose change reloads the agent: the Corefile, the kube-dns ConfigMap, the node resolv.conf."""
+    if not opts.get("config"):
+        return [opts["node_resolv_conf"]]
+    from nodecache.pillars import default_kube_dns_dir
+
+    kube_dns = opts.get("kube_dns_config_dir") or default_kube_dns_dir()
+    return [p for p in (opts["config"], kube_dns, opts["node_resolv_conf"]) if p]
+
+
+def _check_config(**opts: Any) -> None:
+    """Print the zones the agent would run (zone, upstreams, transport, cache caps, stale, prefetch), or the error.
+
+    Takes every `run` flag, so the same command line can be checked before it is run.
+    Exit 0 when valid; 2 with one line saying what to fix otherwise. Nothing is bound or changed.
+    """
+    from nodecache.corefile import check_config_table
+
+    _setup_logging(opts["log_level"], opts["log_format"])
+    explicit = _explicit_flags(click.get_current_context())
+    config = _guard(lambda: build_config(opts, explicit))
+    click.echo(check_config_table(config), nl=False)
+
+
+main.add_command(click.Command(
+    "check-config", callback=_check_config, params=list(run.params), help=_check_config.__doc__,
+    short_help="Check a Corefile and flags; print the zones the agent would run.",
+))  # fmt: skip
+
+
+def build_config(opts: dict[str, Any], explicit: frozenset[str] = frozenset()) -> Config:
+    """Turn `run`'s flags (and the Corefile, with --config) into the one frozen Config.
+
+    `explicit` names the options the operator set (command line or environment):
+    only those win over the Corefile. Without --config the flags alone decide.
+    """
+    if opts.get("config"):
+        return corefile_config(opts, explicit)
+    listen = _split(opts["local_ip"])
     for host in listen:
         if not _is_ip(host):
-            raise ConfigError(f"--listen {host!r} is not an IP address; give a bare IPv4 or IPv6 address (the port is --port)")
+            raise ConfigError(f"--local-ip {host!r} is not an IP address; give a bare IPv4 or IPv6 address (the port is --port)")
     upstreams = tuple(Address.parse(u) for u in _split(opts["upstream"]))
     if not upstreams:
         raise ConfigError(
@@ -137,7 +240,187 @@ def build_config(opts: dict[str, Any]) -> Config:
         tcp_idle_timeout=opts["tcp_idle_timeout"],
         max_udp_payload=opts["max_udp_payload"],
         loop=opts["loop"],
+        control_socket=_unless_off(opts["control_socket"]),
+        metrics_address=_http_address("--metrics-address", opts["metrics_address"]),
+        health_address=_http_address("--health-address", opts["health_address"] or _default_health(listen)),
+        lameduck=opts["lameduck"],
+        query_log=opts["query_log"],
+        query_log_sample=opts["query_log_sample"],
+        query_log_errors_only=opts["query_log_errors_only"],
+        setup_interface=opts["setup_interface"],
+        setup_iptables=opts["setup_iptables"],
+        interface_name=opts["interface_name"],
+        sync_interval=opts["sync_interval"],
+        skip_teardown=opts["skip_teardown"],
+        iptables_backend=opts["iptables_backend"],
     )
+
+
+# ---------------------------------------------------------------------------- Corefile (--config)
+
+# Flags that shape zones. With --config the Corefile defines the zones, so setting
+# one of these as well is refused: silently ignoring it would run something else
+# than the operator reads.
+ZONE_FLAGS = ("upstream", "success_capacity", "denial_capacity", "cluster_success_ttl", "cluster_denial_ttl",
+              "other_ttl", "servfail_ttl", "policy")  # fmt: skip
+# Flags that override the Corefile's value when given (corefile.Overrides field names).
+OVERRIDE_FLAGS = {"local_ip": "listen", "port": "port", "try_timeout": "try_timeout", "timeout": "timeout",
+                  "tcp_idle_timeout": "tcp_idle_timeout", "max_udp_payload": "max_udp_payload", "loop": "loop",
+                  "metrics_address": "metrics_address", "health_address": "health_address",
+                  "lameduck": "lameduck"}  # fmt: skip
+
+
+def _explicit_flags(ctx: click.Context) -> frozenset[str]:
+    """Options the operator set on the command line or through the environment (not defaults)."""
+    given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    return frozenset(name for name in ctx.params if ctx.get_parameter_source(name) in given)
+
+
+def load_corefile(opts: dict[str, Any], env: Mapping[str, str] | None = None) -> Any:
+    """The --config Corefile as this node runs it (placeholders filled in, stub domains added).
+
+    Returns (CorefileConfig, warnings). Warnings are logged by the caller.
+    """
+    from nodecache.pillars import default_kube_dns_dir, load_node_local_corefile
+
+    kube_dns_dir = opts.get("kube_dns_config_dir") or default_kube_dns_dir()
+    return load_node_local_corefile(
+        opts["config"],
+        local_ips=_split(opts["local_ip"]),
+        upstream_svc=opts.get("upstream_svc"),
+        env=os.environ if env is None else env,
+        kube_dns_dir=kube_dns_dir,
+        node_resolv_conf=opts["node_resolv_conf"],
+        cluster_domain=opts["cluster_domain"],
+    )
+
+
+def corefile_config(opts: dict[str, Any], explicit: frozenset[str] = frozenset()) -> Config:
+    """Config from --config: built-in defaults < the Corefile < flags given explicitly.
+
+    Flags the Corefile has no word for (control socket, node setup, logs) come from
+    the flags as always; the Corefile's `log` turns the query log on unless
+    --query-log was given.
+    """
+    from nodecache.corefile import Overrides, to_config
+
+    refused = [f"--{name.replace('_', '-')}" for name in ZONE_FLAGS if name in explicit]
+    if refused:
+        raise ConfigError(
+            f"{', '.join(refused)} cannot be combined with --config: the Corefile defines the zones; "
+            "set it in the Corefile's forward/cache directives instead"
+        )
+    parsed, warnings = load_corefile(opts)
+    for warning in warnings:
+        logging.getLogger("nodecache.config").warning("%s", warning)
+    if opts.get("corefile"):
+        _write_substituted(opts)
+    given: dict[str, Any] = {field: opts[flag] for flag, field in OVERRIDE_FLAGS.items() if flag in explicit}
+    if "listen" in given:
+        given["listen"] = _split(given["listen"])
+        for host in given["listen"]:
+            if not _is_ip(host):
+                raise ConfigError(f"--local-ip {host!r} is not an IP address; give a bare IPv4 or IPv6 address")
+    for flag in ("metrics_address", "health_address"):
+        if flag in given:
+            given[flag] = _http_address("--" + flag.replace("_", "-"), given[flag]) or ""
+    config = to_config(parsed, Overrides(**given))
+    listen = config.listen
+    # An explicit 'off' is "" here: to_config would fall back to the Corefile's, so decide after it.
+    metrics = given["metrics_address"] if "metrics_address" in given else config.metrics_address or DEFAULT_METRICS_ADDRESS
+    health = given["health_address"] if "health_address" in given else config.health_address or _default_health(listen)
+    lameduck = config.lameduck if "lameduck" in given or config.lameduck else opts["lameduck"]
+    query_log = opts["query_log"] if "query_log" in explicit else any(b.log for b in parsed.blocks)
+    return dataclasses.replace(
+        config,
+        reload_interval=parsed.reload.interval if parsed.reload else 0.0,
+        metrics_address=metrics or None,
+        health_address=health or None,
+        lameduck=lameduck,
+        control_socket=_unless_off(opts["control_socket"]),
+        query_log=query_log,
+        query_log_sample=opts["query_log_sample"],
+        query_log_errors_only=opts["query_log_errors_only"],
+        setup_interface=opts["setup_interface"],
+        setup_iptables=opts["setup_iptables"],
+        interface_name=opts["interface_name"],
+        sync_interval=opts["sync_interval"],
+        skip_teardown=opts["skip_teardown"],
+        iptables_backend=opts["iptables_backend"],
+    )
+
+
+def _write_substituted(opts: dict[str, Any]) -> None:
+    """node-cache writes the filled-in Corefile to --corefile; so do we (stub domains are not appended)."""
+    from pathlib import Path
+
+    from nodecache.corefile import read_text
+    from nodecache.pillars import default_kube_dns_dir, pillar_values, read_kube_dns_dir, substitute
+
+    kube_dns = read_kube_dns_dir(opts.get("kube_dns_config_dir") or default_kube_dns_dir())
+    values = pillar_values(_split(opts["local_ip"]), opts.get("upstream_svc"), os.environ, kube_dns,
+                           opts["node_resolv_conf"], opts["cluster_domain"])  # fmt: skip
+    text = substitute(read_text(opts["config"]), values, str(opts["config"]))
+    try:
+        Path(opts["corefile"]).write_text(text)
+    except OSError as exc:
+        raise ConfigError(f"--corefile: cannot write {opts['corefile']}: {exc.strerror}") from None
+
+
+@main.command()
+@_option("--interface-name", default=DEFAULT_INTERFACE_NAME, help="Name of the interface the agent created.")
+@_option("--local-ip", "--listen", multiple=True, metavar="IP[,IP...]",
+         help="Only remove the rules for these addresses (default: every rule carrying our comment).")
+@_option("--iptables-backend", type=click.Choice(IPTABLES_BACKENDS), default="auto",
+         help="iptables flavour the rules were installed with; auto picks the one holding the node's rules.")
+def teardown(interface_name: str, local_ip: tuple[str, ...], iptables_backend: str) -> None:
+    """Remove what an agent left on this node (after SIGKILL or OOM): its iptables rules, then its interface.
+
+    Safe to run any time the agent is not running; running it twice removes nothing the second time.
+    """
+    from nodecache.node import teardown_leftovers
+
+    def checked_ips() -> tuple[str, ...]:
+        ips = _split(local_ip)
+        for ip in ips:
+            if not _is_ip(ip):
+                raise ConfigError(f"--local-ip {ip!r} is not an IP address; give bare IPv4 or IPv6 addresses")
+        check_interface_name(interface_name)
+        return ips
+
+    ips = _guard(checked_ips)
+    removed = _guard(lambda: teardown_leftovers(interface_name, ips, iptables_backend, echo=click.echo))
+    if not removed:
+        click.echo("nothing to remove")
+
+
+OFF = ("off", "none", "")
+
+
+def _unless_off(value: str) -> str | None:
+    """None for 'off' (an endpoint not served), else the value."""
+    return None if value.strip().lower() in OFF else value
+
+
+def _http_address(flag: str, value: str) -> str | None:
+    """An HTTP endpoint's HOST:PORT (or :PORT), checked now so a typo fails before anything starts."""
+    from nodecache.endpoints import ALL_ADDRESSES, parse_address
+
+    if _unless_off(value) is None:
+        return None
+    try:
+        address = parse_address(value, ALL_ADDRESSES)
+    except ConfigError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+    if not address.port:
+        raise ConfigError(f"{flag} {value!r} has no port; write HOST:PORT, e.g. 127.0.0.1:9253")
+    return str(address)
+
+
+def _default_health(listen: tuple[str, ...]) -> str:
+    """The reference's health address: the first local IP, port 8080."""
+    host = listen[0] if listen else "127.0.0.1"
+    return f"[{host}]:{DEFAULT_HEALTH_PORT}" if ":" in host else f"{host}:{DEFAULT_HEALTH_PORT}"
 
 
 def _is_ip(text: str) -> bool:
@@ -169,9 +452,87 @@ def _guard(step: Callable[[], Any]) -> Any:
         sys.exit(2)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from nodecache.logs import setup
+
+    setup(level, fmt)
+
+
+# ---------------------------------------------------------------------------- operator commands
+
+DEFAULT_WATCH = 0.0
+CLEAR_SCREEN = "\033[H\033[2J"
+
+
+def _control_option() -> Callable[[Any], Any]:
+    """The one flag of `stats` and `flush` read from the environment: the same variable as `run`'s.
+
+    Their other flags say what to do now; a variable left in a DaemonSet must not change that.
+    """
+    return _option("--control-socket", default=DEFAULT_CONTROL_SOCKET, metavar="PATH",
+                   help="The agent's control socket (its --control-socket).")  # fmt: skip
+
+
+def _call(path: str, cmd: str, args: dict[str, Any]) -> Any:
+    """One control request; an unreachable agent is one line on stderr and exit code 1."""
+    from nodecache.control import call
+
+    try:
+        return call(path, cmd, args)
+    except ControlError as exc:
+        click.echo(f"nodecache: {exc}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@_control_option()
+@click.option("--json", "as_json", is_flag=True, default=False, help="Print the stats as JSON (stable field names) for scripts.")
+@click.option("--watch", type=click.FloatRange(0), default=DEFAULT_WATCH, metavar="SECONDS", show_default=True,
+              help="Refresh every SECONDS until Ctrl-C (0: print once). With --json, one JSON object per line.")
+@click.option("--top", type=click.IntRange(0, 1000), default=10, metavar="N", show_default=True,
+              help="How many top names and clients to show.")
+def stats(control_socket: str, as_json: bool, watch: float, top: int) -> None:
+    """Show what the running agent is doing: queries, cache, upstreams, top names and clients."""
+    import json
+
+    from nodecache.stats import render
+
+    try:
+        while True:
+            result = _call(control_socket, "stats", {"top": top})
+            if as_json:
+                click.echo(json.dumps(result, sort_keys=True, indent=None if watch else 2))
+            else:
+                click.echo((CLEAR_SCREEN if watch and sys.stdout.isatty() else "") + render(result), nl=False)
+            if not watch:
+                return
+            sys.stdout.flush()
+            time.sleep(watch)
+    except KeyboardInterrupt:
+        return
+
+
+@main.command()
+@_control_option()
+@click.option("--name", metavar="NAME", help="Flush only this name (every type unless --type).")
+@click.option("--suffix", metavar="ZONE", help="Flush this name and everything under it, e.g. svc.cluster.local.")
+@click.option("--type", "qtype", metavar="TYPE",
+              help="Flush only this record type (A, AAAA, SRV...); narrows --name or --suffix.")
+def flush(control_socket: str, name: str | None, suffix: str | None, qtype: str | None) -> None:
+    """Remove cached answers from the running agent: all of them, or by name, suffix and type."""
+    from nodecache.dnstext import type_number
+
+    def checked() -> dict[str, Any]:
+        args: dict[str, Any] = {}
+        if name is not None:
+            args["name"] = canonical_zone(name)
+        if suffix is not None:
+            args["suffix"] = canonical_zone(suffix)
+        if qtype is not None:
+            args["type"] = type_number(qtype)
+        return args
+
+    args = _guard(checked)
+    removed = _call(control_socket, "flush", args)["removed"]
+    what = " ".join(f"--{k} {v}" for k, v in ((k, qtype if k == "type" else v) for k, v in args.items()))
+    click.echo(f"removed {removed} cached answer{'' if removed == 1 else 's'}" + (f" ({what})" if what else ""))

@@ -44,10 +44,13 @@ LOOPS = ("auto", "uvloop", "asyncio")
 
 DEFAULT_INTERFACE_NAME = "nodelocaldns"
 DEFAULT_SYNC_INTERVAL = 60.0  # seconds between full interface/rule checks, as the reference
+IPTABLES_BACKENDS = ("auto", "nft", "legacy")  # auto: the backend that already holds the node's rules
+MAX_INTERFACE_NAME = 15  # the kernel's IFNAMSIZ, less the terminating NUL
 DEFAULT_CONTROL_SOCKET = "/run/nodecache/control.sock"
 DEFAULT_METRICS_ADDRESS = "0.0.0.0:9253"
 DEFAULT_HEALTH_PORT = 8080
 DEFAULT_LAMEDUCK = 5.0
+DEFAULT_QUERY_LOG_SAMPLE = 1.0  # with --query-log: the share of queries logged
 
 
 @dataclass(frozen=True)
@@ -170,15 +173,22 @@ class Config:
     interface_name: str = DEFAULT_INTERFACE_NAME
     sync_interval: float = DEFAULT_SYNC_INTERVAL
     skip_teardown: bool = False
+    iptables_backend: str = "auto"
     # Operator endpoints (control.py, metrics.py). None: not served.
     control_socket: str | None = None
     metrics_address: str | None = None
     health_address: str | None = None
     lameduck: float = 0.0
+    # Query log (logs.QueryLog): one line per answered query when on.
+    query_log: bool = False
+    query_log_sample: float = DEFAULT_QUERY_LOG_SAMPLE
+    query_log_errors_only: bool = False
+    # Reload (server.py): seconds between checks of the config files; 0: only on SIGHUP.
+    reload_interval: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.listen:
-            raise ConfigError("nothing to listen on; give at least one --listen address")
+            raise ConfigError("nothing to listen on; give at least one --local-ip address")
         for host in self.listen:
             try:
                 ipaddress.ip_address(host)
@@ -193,6 +203,25 @@ class Config:
             raise ConfigError(f"a zone is configured twice: {sorted(n for n in names if names.count(n) > 1)[0]}")
         if self.loop not in LOOPS:
             raise ConfigError(f"event loop {self.loop!r} is unknown; use one of {', '.join(LOOPS)}")
+        if self.sync_interval <= 0:
+            raise ConfigError("the sync interval must be a positive number of seconds")
+        check_interface_name(self.interface_name)
+        if self.iptables_backend not in IPTABLES_BACKENDS:
+            raise ConfigError(f"iptables backend {self.iptables_backend!r} is unknown; use one of {', '.join(IPTABLES_BACKENDS)}")
+        if not 0 < self.query_log_sample <= 1:
+            raise ConfigError("the query log sample rate must be above 0 and at most 1 (1 logs every query)")
+        if self.lameduck < 0:
+            raise ConfigError("the lameduck delay cannot be negative")
+
+
+def check_interface_name(name: str) -> str:
+    """Reject a link name the kernel would refuse, saying what a valid one looks like."""
+    unusable = any(c in "/: " or not c.isprintable() for c in name) or name in (".", "..")
+    if not name or len(name) > MAX_INTERFACE_NAME or unusable:
+        raise ConfigError(
+            f"interface name {name!r} is not usable: give 1 to {MAX_INTERFACE_NAME} characters without '/', ':' or spaces"
+        )
+    return name
 
 
 def canonical_zone(name: str) -> str:

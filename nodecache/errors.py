@@ -29,3 +29,19 @@ class UpstreamError(NodecacheError):
     Never reaches the operator directly: the forwarder turns it into a
     failover, a stale answer or a SERVFAIL.
     """
+
+
+class NetworkSetupError(NodecacheError):
+    """The node's interface, addresses or iptables rules could not be put in place or removed."""
+
+
+class FirewallError(NetworkSetupError):
+    """iptables-save or iptables-restore failed; `lock` says whether the xtables lock was the cause."""
+
+    def __init__(self, message: str, lock: bool = False) -> None:
+        super().__init__(message)
+        self.lock = lock
+
+
+class ControlError(NodecacheError):
+    """`nodecache stats` / `flush` could not talk to the agent, or the agent refused the request."""

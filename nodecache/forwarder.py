@@ -38,6 +38,7 @@ class Forwarder:
         ]
         self.inflight = 0
         self.rejected = 0
+        self.all_down = 0  # queries that found every upstream marked down (CoreDNS: healthcheck broken)
         self._next = 0
         self._rng = random.Random()  # server choice only; IDs use `secrets`
 
@@ -50,7 +51,10 @@ class Forwarder:
             k = self._next % len(ups)
             self._next += 1
             ups = ups[k:] + ups[:k]
-        return sorted(ups, key=lambda u: u.down)  # stable: keeps the policy's order
+        ordered = sorted(ups, key=lambda u: u.down)  # stable: keeps the policy's order
+        if ordered[0].down:
+            self.all_down += 1
+        return ordered
 
     async def query(self, lname: bytes, qtc: bytes, do: bool, cd: bool) -> tuple[bytes, wire.ReplyScan, Upstream]:
         """Ask until one server gives a usable reply; raise UpstreamError if none does."""
@@ -82,6 +86,7 @@ class Forwarder:
                 break
             up = order[attempt % len(order)]
             up.queries += 1
+            started = time.monotonic()
             try:
                 msg, scan = await up.query(build, check, p.force_tcp, min(p.try_timeout, remaining))
                 if scan.flags & (wire.TC << 8) and not p.force_tcp:
@@ -93,7 +98,7 @@ class Forwarder:
                 errors.append(str(exc))
                 log.debug("try %d failed: %s", attempt + 1, exc)
                 continue
-            up.succeeded()
+            up.succeeded(time.monotonic() - started, scan.rcode)
             return msg, scan, up
         raise UpstreamError("; ".join(dict.fromkeys(errors)) or "no time left to ask an upstream")
 

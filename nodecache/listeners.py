@@ -4,6 +4,12 @@ Sockets are made here with SO_REUSEPORT, so a new agent can bind beside the
 old one during a rolling update, and handed to the event loop. A cache hit
 is answered inside the receive callback without creating a task; only a miss
 spawns one.
+
+Observability costs the hit path one countdown: every so many queries (see
+counters.Activity) one takes the sampled branch, which times the answer and
+feeds the top names and clients. With the query log on, the UDP listener
+swaps in a receive method that logs (the TCP one tests one flag), so with it
+off nothing is paid for it at all.
 """
 
 from __future__ import annotations
@@ -12,9 +18,11 @@ import asyncio
 import logging
 import socket
 import struct
+import time
 from typing import Any
 
 from nodecache import wire
+from nodecache.cache import VIA_TCP4, VIA_TCP6, VIA_UDP4, VIA_UDP6
 from nodecache.errors import ListenError
 from nodecache.resolver import Resolver
 
@@ -23,6 +31,10 @@ log = logging.getLogger(__name__)
 UDP_RCVBUF = 4 << 20  # absorbs bursts; the kernel caps it at net.core.rmem_max
 TCP_BACKLOG = 1024
 MAX_PIPELINED = 100  # per TCP connection; reading pauses above this
+# Bind before the address exists: the agent serves first, then adds its
+# addresses to the interface, then steers traffic with iptables rules.
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+IPV6_FREEBIND = 78  # Linux 4.15+; not exported by the socket module
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -37,6 +49,7 @@ def make_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if sock.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        _set_freebind(sock)
         if kind == socket.SOCK_DGRAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
         sock.bind((host, port))
@@ -53,6 +66,34 @@ def make_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
         )
         raise ListenError(f"cannot listen on {host} port {port}/{proto}: {exc.strerror}; {hint}") from None
     return sock
+
+
+def _is_v6(transport: asyncio.BaseTransport) -> bool:
+    sock = transport.get_extra_info("socket")
+    return sock is not None and sock.family == socket.AF_INET6
+
+
+def _lname(data: bytes) -> bytes | None:
+    try:
+        return wire.scan_query(data).lname
+    except wire.Malformed:
+        return None
+
+
+def _outcome(reply: bytes) -> str:
+    """How a reply made inside the receive callback came about: a hit, or an error we wrote."""
+    return "error" if reply[3] & 0x0F in (wire.FORMERR, wire.NOTIMP, wire.REFUSED) else "hit"
+
+
+def _set_freebind(sock: socket.socket) -> None:
+    """Let bind() succeed for an address the node does not have (yet)."""
+    if sock.family == socket.AF_INET6:
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+            return
+        except OSError:
+            pass  # older kernels: IP_FREEBIND covers IPv6 sockets too
+    sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
 
 
 class Tasks:
@@ -78,25 +119,77 @@ class UdpListener(asyncio.DatagramProtocol):
     """Answers datagrams; hits inline, misses in a task."""
 
     def __init__(self, resolver: Resolver, tasks: Tasks) -> None:
+        self.resolver = resolver
         self.answer = resolver.answer
         self.resolve = resolver.resolve
         self.tasks = tasks
         self.transport: asyncio.DatagramTransport | None = None
+        self.via = VIA_UDP4
+        self.activity = resolver.activity
+        self.countdown = self.activity.countdown()
+        self.query_log = resolver.query_log
+        if self.query_log is not None:
+            self.datagram_received = self._logged  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.via = VIA_UDP6 if _is_v6(transport) else VIA_UDP4
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        r = self.answer(data, False)
+        self.countdown -= 1
+        if not self.countdown:
+            return self._sampled(data, addr)
+        r = self.answer(data, self.via)
         if r.__class__ is bytes:
             self.transport.sendto(r, addr)  # type: ignore[union-attr]
         elif r is not None:
             self.tasks.spawn(self._miss(data, r, addr))  # type: ignore[arg-type]
 
+    def _sampled(self, data: bytes, addr: Any) -> None:
+        """The same as datagram_received, timed, and counted for the top-N tables."""
+        activity = self.activity
+        self.countdown = activity.countdown()
+        started = time.perf_counter()
+        r = self.answer(data, self.via)
+        if r.__class__ is bytes:
+            self.transport.sendto(r, addr)  # type: ignore[union-attr]
+            activity.hit_took(time.perf_counter() - started)
+        elif r is not None:
+            self.tasks.spawn(self._miss(data, r, addr))  # type: ignore[arg-type]
+        activity.sample(_lname(data), addr[0] if isinstance(addr, tuple) else None)
+
     async def _miss(self, data: bytes, q: wire.Query, addr: Any) -> None:
-        reply = await self.resolve(data, q, False)
+        reply = await self.resolve(data, q, self.via)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(reply, addr)
+
+    def _logged(self, data: bytes, addr: Any) -> None:
+        """datagram_received with the query log on: every answer is offered to it."""
+        started = time.perf_counter()
+        self.countdown -= 1
+        sampled = not self.countdown
+        r = self.answer(data, self.via)
+        if r.__class__ is bytes:
+            self.transport.sendto(r, addr)  # type: ignore[union-attr]
+            took = time.perf_counter() - started
+            if sampled:
+                self.activity.hit_took(took)
+            ql = self.query_log
+            if ql is not None and ql.wants(r):  # type: ignore[arg-type]
+                ql.record(addr, data, r, _outcome(r), "udp", took)  # type: ignore[arg-type]
+        elif r is not None:
+            self.tasks.spawn(self._miss_logged(data, r, addr, started))  # type: ignore[arg-type]
+        if sampled:
+            self.countdown = self.activity.countdown()
+            self.activity.sample(_lname(data), addr[0] if isinstance(addr, tuple) else None)
+
+    async def _miss_logged(self, data: bytes, q: wire.Query, addr: Any, started: float) -> None:
+        reply, outcome = await self.resolver.resolve_traced(data, q, self.via)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(reply, addr)
+        ql = self.query_log
+        if ql is not None and ql.wants(reply):
+            ql.record(addr, data, reply, outcome, "udp", time.perf_counter() - started)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp socket error: %s", exc)  # e.g. ICMP unreachable from a client
@@ -111,6 +204,7 @@ class TcpConnection(asyncio.Protocol):
     """
 
     def __init__(self, resolver: Resolver, tasks: Tasks, idle: float) -> None:
+        self.resolver = resolver
         self.answer = resolver.answer
         self.resolve = resolver.resolve
         self.tasks = tasks
@@ -120,9 +214,16 @@ class TcpConnection(asyncio.Protocol):
         self.paused = False
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.via = VIA_TCP4
+        self.peer: Any = None
+        self.activity = resolver.activity
+        self.countdown = self.activity.countdown()
+        self.query_log = resolver.query_log
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.via = VIA_TCP6 if _is_v6(transport) else VIA_TCP4
+        self.peer = transport.get_extra_info("peername")
         self._arm()
 
     def _arm(self) -> None:
@@ -146,7 +247,11 @@ class TcpConnection(asyncio.Protocol):
             msg = bytes(buf[2 : 2 + size])
             del buf[: 2 + size]
             self._arm()
-            r = self.answer(msg, True)
+            self.countdown -= 1
+            if not self.countdown or self.query_log is not None:
+                self._one_observed(msg)
+                continue
+            r = self.answer(msg, self.via)
             if r.__class__ is bytes:
                 self._send(r)  # type: ignore[arg-type]
             elif r is not None:
@@ -160,9 +265,36 @@ class TcpConnection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(struct.pack("!H", len(reply)) + reply)
 
-    async def _miss(self, msg: bytes, q: wire.Query) -> None:
+    def _one_observed(self, msg: bytes) -> None:
+        """One query on the sampled or logged branch: timed, sampled when due, logged when on."""
+        started = time.perf_counter()
+        sampled = not self.countdown
+        if sampled:
+            self.countdown = self.activity.countdown()
+            peer = self.peer
+            self.activity.sample(_lname(msg), peer[0] if isinstance(peer, tuple) else None)
+        r = self.answer(msg, self.via)
+        if r.__class__ is bytes:
+            self._send(r)  # type: ignore[arg-type]
+            if sampled:
+                self.activity.hit_took(time.perf_counter() - started)
+            ql = self.query_log
+            if ql is not None and ql.wants(r):  # type: ignore[arg-type]
+                ql.record(self.peer, msg, r, _outcome(r), "tcp", time.perf_counter() - started)  # type: ignore[arg-type]
+        elif r is not None:
+            self.outstanding += 1
+            self.tasks.spawn(self._miss(msg, r, started))  # type: ignore[arg-type]
+
+    async def _miss(self, msg: bytes, q: wire.Query, started: float = 0.0) -> None:
         try:
-            self._send(await self.resolve(msg, q, True))
+            ql = self.query_log
+            if ql is None:
+                self._send(await self.resolve(msg, q, self.via))
+                return
+            reply, outcome = await self.resolver.resolve_traced(msg, q, self.via)
+            self._send(reply)
+            if ql.wants(reply):
+                ql.record(self.peer, msg, reply, outcome, "tcp", time.perf_counter() - started)
         finally:
             self.outstanding -= 1
             if self.paused and self.outstanding < MAX_PIPELINED // 2 and self.transport is not None:

@@ -4,6 +4,16 @@
 it scans the bytes, finds the zone (memoised by name), looks the key up and
 replays the cached reply. Only a miss leaves it, through `resolve`, which is
 a coroutine. Everything `answer` touches is a dict, a slice or an int.
+
+Counting: a hit adds one to its entry's shared tally (see cache.py), which
+already carries zone, kind, rcode and qtype, indexed by how the query came
+(`via`: UDP/TCP, IPv4/IPv6). Everything else (misses by type, responses by
+rcode, durations) is counted on the miss path, where it is lost in the noise
+of an upstream round trip. metrics.py and stats.py read these at scrape time.
+
+The agent's own zone, `nodecache.invalid.` (RFC 6761: never a real name),
+answers from memory and never goes upstream; readiness probes ask it through
+the real listeners (see health.py), so a probe needs no upstream at all.
 """
 
 from __future__ import annotations
@@ -11,15 +21,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nodecache import wire
 from nodecache.cache import Entry, ZoneCache
-from nodecache.config import STALE_REPLY_TTL, Config, Zone
+from nodecache.config import STALE_REPLY_TTL, CachePolicy, Config, Zone, name_to_wire
+from nodecache.counters import Activity, Histogram
 from nodecache.errors import UpstreamError
 from nodecache.forwarder import Forwarder, Overloaded
+from nodecache.logs import QueryLog, Throttle
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +40,35 @@ TCP_LIMIT = 65535
 ZONE_MEMO_LIMIT = 100_000  # names remembered for zone matching before a reset
 WARN_INTERVAL = 5.0  # an upstream outage logs once per zone per interval, not per query
 
+# The agent's own zone (RFC 6761 reserves .invalid): answered from memory.
+LOCAL_ZONE = "nodecache.invalid."
+PROBE_NAME = "ready.nodecache.invalid."
+PROBE_TYPE = 16  # TXT
+PROBE_TEXT = b"ready"
+LOCAL_TTL = 86400  # the probe's answer stays cached; refetched from memory if flushed or expired
+_LOCAL_POLICY = CachePolicy(success_capacity=4, success_max_ttl=LOCAL_TTL, denial_capacity=0)
+
 
 @dataclass(eq=False)
 class ZoneStats:
-    """Per-zone counters; plain ints so the hot path pays an add, no more."""
+    """Per-zone counters of the miss path (hits live on the cache's tallies).
 
-    requests: int = 0
-    hits: int = 0
+    Plain ints and small dicts; `requests` and `responses` have the keys the
+    metrics need: (qtype << 2 | via) and (rcode, plugin that answered).
+    """
+
     misses: int = 0
     coalesced: int = 0
     stale: int = 0
     servfail: int = 0
-    rcodes: dict[int, int] = field(default_factory=dict)
+    overloaded: int = 0  # client queries answered REFUSED because max_concurrent was reached
+    prefetches: int = 0  # refreshes started before expiry (prefetch is not implemented yet)
+    rcodes: dict[int, int] = field(default_factory=dict)  # upstream replies by rcode
+    requests: dict[int, int] = field(default_factory=dict)
+    responses: dict[tuple[int, str], int] = field(default_factory=dict)
+    duration: Histogram = field(default_factory=Histogram)  # misses, measured
+    hit_seconds: float = 0.0  # hits' estimated time, added once a second (see Resolver.tick)
+    hits_accounted: int = 0
 
 
 class ZoneRuntime:
@@ -46,21 +76,68 @@ class ZoneRuntime:
 
     def __init__(self, zone: Zone, clock: Callable[[], float]) -> None:
         self.zone = zone
+        self.name = zone.name
         self.cache = ZoneCache(zone.cache, clock)
         self.forwarder = Forwarder(zone.forward)
         self.stats = ZoneStats()
-        self._warned_at = -WARN_INTERVAL
-        self._suppressed = 0
+        self.throttle = Throttle(WARN_INTERVAL)
+
+    @property
+    def hits(self) -> int:
+        return self.cache.hits
 
     def warn_failure(self, exc: Exception, now: float) -> None:
         """Log an upstream failure, at most once per WARN_INTERVAL."""
-        if now - self._warned_at < WARN_INTERVAL:
-            self._suppressed += 1
-            return
-        more = f" ({self._suppressed} more failures since the last message)" if self._suppressed else ""
-        log.warning("zone %s: no upstream answered: %s%s", self.zone.name, exc, more)
-        self._warned_at = now
-        self._suppressed = 0
+        self.throttle.warning(log, "upstream", now, "zone %s: no upstream answered: %s", self.name, exc)
+
+
+class LocalAnswers:
+    """Stands in for the upstreams of the agent's own zone: answers from memory.
+
+    TXT for PROBE_NAME says "ready"; other types of it are NODATA; other
+    names under the zone are NXDOMAIN. Neither negative answer carries an
+    SOA, so only the probe's answer is ever cached.
+    """
+
+    inflight = 0
+    rejected = 0
+    all_down = 0
+    upstreams: list[object] = []
+
+    async def query(self, lname: bytes, qtc: bytes, do: bool, cd: bool) -> tuple[bytes, wire.ReplyScan, None]:
+        msg = self.reply(lname, qtc)
+        return msg, wire.scan_reply(msg, lname, qtc), None
+
+    @staticmethod
+    def reply(lname: bytes, qtc: bytes) -> bytes:
+        probe = lname == name_to_wire(PROBE_NAME)
+        answer = probe and qtc == struct.pack("!HH", PROBE_TYPE, 1)
+        rcode = wire.NOERROR if probe else wire.NXDOMAIN
+        head = struct.pack("!HBBHHHH", 0, wire.QR | wire.AA | wire.RD, wire.RA | rcode, 1, 1 if answer else 0, 0, 0)
+        rr = b""
+        if answer:  # the name by pointer to the question (offset 12), TXT IN, TTL, one string
+            rr = struct.pack("!HHHIHB", 0xC00C, PROBE_TYPE, 1, LOCAL_TTL, len(PROBE_TEXT) + 1, len(PROBE_TEXT))
+            rr += PROBE_TEXT
+        return head + lname + qtc + rr
+
+    def close(self) -> None:
+        pass
+
+
+class LocalZone(ZoneRuntime):
+    """The agent's own zone: a cache like any zone's, LocalAnswers for upstreams."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.zone = None  # type: ignore[assignment]  # not configured: no Zone, no upstreams
+        self.name = LOCAL_ZONE
+        self.cache = ZoneCache(_LOCAL_POLICY, clock)
+        self.forwarder = LocalAnswers()  # type: ignore[assignment]  # the same duck type as Forwarder
+        self.stats = ZoneStats()
+        self.throttle = Throttle(WARN_INTERVAL)
+        qtc = struct.pack("!HH", PROBE_TYPE, 1)
+        key = name_to_wire(PROBE_NAME) + qtc + b"\x00"
+        msg = LocalAnswers.reply(name_to_wire(PROBE_NAME), qtc)
+        self.cache.store(key, wire.scan_reply(msg, name_to_wire(PROBE_NAME), qtc), False, wire.MIN_UDP_PAYLOAD)
 
 
 class Resolver:
@@ -70,13 +147,38 @@ class Resolver:
         self.config = config
         self.clock = clock
         self.zones = [ZoneRuntime(z, clock) for z in config.zones]
+        self.local = LocalZone(clock)
         self._by_wire = {z.zone.wire: z for z in self.zones}
+        self._by_wire[name_to_wire(LOCAL_ZONE)] = self.local
         self._memo: dict[bytes, ZoneRuntime | None] = {}
         self._inflight: dict[bytes, asyncio.Task[Entry]] = {}
         self.malformed = 0
         self.dropped = 0
-        self.refused = 0
+        self.refused = 0  # names outside every zone
         self._udp_cap = config.max_udp_payload
+        self.activity = Activity(time.monotonic)  # sampled top-N, query rate; listeners feed it
+        self.query_log: QueryLog | None = None  # set by the server when --query-log is on
+
+    def reconfigure(self, config: Config) -> list[ZoneRuntime]:
+        """Swap in a new Config's zones; return the ZoneRuntimes no longer used.
+
+        A zone whose Zone (name, upstreams, forward and cache policy) is unchanged
+        keeps its ZoneRuntime, so its cache entries, counters and upstream health
+        survive. It runs synchronously on the event loop, between two callbacks, so
+        every query sees either the old zones or the new ones. Misses already in
+        flight finish on the zone they started in; the caller closes the returned
+        zones' upstreams only once those have had time to finish.
+        """
+        old = {z.zone: z for z in self.zones}
+        zones = [old.pop(z) if z in old else ZoneRuntime(z, self.clock) for z in config.zones]
+        by_wire = {z.zone.wire: z for z in zones}
+        by_wire[name_to_wire(LOCAL_ZONE)] = self.local
+        self.config = config
+        self.zones = zones
+        self._by_wire = by_wire
+        self._memo = {}
+        self._udp_cap = config.max_udp_payload
+        return list(old.values())
 
     def zone_for(self, lname: bytes) -> ZoneRuntime | None:
         """The zone with the longest suffix of `lname` (a lowercased wire name)."""
@@ -95,8 +197,11 @@ class Resolver:
         self._memo[lname] = found
         return found
 
-    def answer(self, data: bytes, tcp: bool) -> bytes | wire.Query | None:
-        """The reply for a cache hit or an error; a Query to resolve; None to drop."""
+    def answer(self, data: bytes, via: int) -> bytes | wire.Query | None:
+        """The reply for a cache hit or an error; a Query to resolve; None to drop.
+
+        `via` says how the query came: bit 0 for TCP, bit 1 for IPv6 (cache.VIA_*).
+        """
         try:
             q = wire.scan_query(data)
         except wire.Malformed as exc:
@@ -107,15 +212,13 @@ class Resolver:
             if zone is None:
                 self.refused += 1
                 return wire.error_reply(data, wire.REFUSED, q.qend, q.edns, q.do, self._udp_cap)
-        zone.stats.requests += 1
         entry = zone.cache.get(q.key)
         if entry is not None:
             now = self.clock()
             if now < entry.expires:
-                zone.stats.hits += 1
-                limit = TCP_LIMIT if tcp else (q.payload if q.payload < self._udp_cap else self._udp_cap)
+                entry.tally[via] += 1
+                limit = TCP_LIMIT if via & 1 else (q.payload if q.payload < self._udp_cap else self._udp_cap)
                 return entry.reply(data, q.qend, q.edns, limit, now)
-        zone.stats.misses += 1
         return q
 
     def _malformed(self, data: bytes, exc: wire.Malformed) -> bytes | None:
@@ -126,31 +229,49 @@ class Resolver:
         self.malformed += 1
         return wire.error_reply(data, exc.rcode, exc.qend, 0, False, self._udp_cap)
 
-    async def resolve(self, data: bytes, q: wire.Query, tcp: bool) -> bytes:
+    async def resolve(self, data: bytes, q: wire.Query, via: int) -> bytes:
         """Answer a miss: one upstream query per key, however many clients wait."""
+        return (await self.resolve_traced(data, q, via))[0]
+
+    async def resolve_traced(self, data: bytes, q: wire.Query, via: int) -> tuple[bytes, str]:
+        """`resolve`, also saying how the answer came: miss, stale or refused (for the query log)."""
+        started = time.perf_counter()
         zone = self.zone_for(q.lname)
         assert zone is not None  # `answer` refused queries outside every zone
+        stats = zone.stats
+        stats.misses += 1
+        kind = (q.key[-5] << 8 | q.key[-4]) << 2 | via
+        stats.requests[kind] = stats.requests.get(kind, 0) + 1
         task = self._inflight.get(q.key)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._fetch(zone, q))
             self._inflight[q.key] = task
             task.add_done_callback(functools.partial(self._landed, q.key))
         else:
-            zone.stats.coalesced += 1
-        limit = TCP_LIMIT if tcp else min(q.payload, self._udp_cap)
+            stats.coalesced += 1
+        limit = TCP_LIMIT if via & 1 else min(q.payload, self._udp_cap)
+        outcome, plugin = "miss", "forward"
         try:
             entry = await asyncio.shield(task)
+            reply = entry.reply(data, q.qend, q.edns, limit, self.clock())
         except Overloaded:
-            self.refused += 1
-            return wire.error_reply(data, wire.REFUSED, q.qend, q.edns, q.do, self._udp_cap)
+            stats.overloaded += 1
+            outcome, plugin = "refused", ""
+            reply = wire.error_reply(data, wire.REFUSED, q.qend, q.edns, q.do, self._udp_cap)
         except UpstreamError:
             stale = zone.cache.get(q.key)
             if stale is not None and stale.kind is not None and self.clock() < stale.stale_until:
-                zone.stats.stale += 1
-                return stale.stale_reply(data, q.qend, q.edns, limit, STALE_REPLY_TTL)
-            zone.stats.servfail += 1
-            return wire.error_reply(data, wire.SERVFAIL, q.qend, q.edns, q.do, self._udp_cap)
-        return entry.reply(data, q.qend, q.edns, limit, self.clock())
+                stats.stale += 1
+                outcome, plugin = "stale", "cache"
+                reply = stale.stale_reply(data, q.qend, q.edns, limit, STALE_REPLY_TTL)
+            else:
+                stats.servfail += 1
+                plugin = ""
+                reply = wire.error_reply(data, wire.SERVFAIL, q.qend, q.edns, q.do, self._udp_cap)
+        answered = (reply[3] & 0x0F, plugin)
+        stats.responses[answered] = stats.responses.get(answered, 0) + 1
+        stats.duration.observe(time.perf_counter() - started)
+        return reply, outcome
 
     def _landed(self, key: bytes, _task: asyncio.Task[Entry]) -> None:
         """An upstream answer arrived (or failed): the next miss asks again."""
@@ -173,8 +294,69 @@ class Resolver:
         """Drop entries past their stale window in every zone."""
         return sum(z.cache.purge() for z in self.zones)
 
+    def flush(self, name: str | None = None, suffix: str | None = None, qtype: int | None = None) -> int:
+        """Remove cached answers; return how many. No argument: everything.
+
+        `name` (canonical, trailing dot) removes that name's entries, `suffix`
+        those at or below it, `qtype` narrows either (or alone, every name of
+        that type). It runs synchronously on the event loop, between two
+        callbacks, so no query sees a half-flushed cache: the flush is atomic
+        with respect to queries.
+        """
+        match = flush_match(name, suffix, qtype)
+        return sum(z.cache.flush(match) for z in self.zones)
+
+    def total_queries(self) -> int:
+        """Every query received so far (hits, misses, refused, malformed), the agent's own probes excepted."""
+        return sum(z.hits + z.stats.misses for z in self.zones) + self.refused + self.malformed + self.dropped
+
+    def tick(self) -> None:
+        """Once a second: the query rate, the sampling interval, the hits' duration sum.
+
+        A hit is not timed on its own (that would cost two clock reads per
+        hit); listeners time the hits they sample, and each second every
+        zone's new hits are added to its duration sum at that mean.
+        """
+        self.activity.tick(self.total_queries())
+        mean = self.activity.hit_mean
+        for z in self.zones:
+            hits = z.hits
+            z.stats.hit_seconds += (hits - z.stats.hits_accounted) * mean
+            z.stats.hits_accounted = hits
+
     def close(self) -> None:
         for z in self.zones:
             z.forwarder.close()
         for task in self._inflight.values():
             task.cancel()
+
+
+def flush_match(name: str | None, suffix: str | None, qtype: int | None) -> Callable[[bytes], bool] | None:
+    """A predicate on cache keys (name wire + type + class + flags) for `Resolver.flush`."""
+    if name is None and suffix is None and qtype is None:
+        return None
+    exact = name_to_wire(name) if name is not None else None
+    below = name_to_wire(suffix) if suffix is not None else None
+    tbytes = struct.pack("!H", qtype) if qtype is not None else None
+
+    def match(key: bytes) -> bool:
+        lname = key[:-5]
+        if tbytes is not None and key[-5:-3] != tbytes:
+            return False
+        if exact is not None and lname != exact:
+            return False
+        return below is None or _at_or_below(lname, below)
+
+    return match
+
+
+def _at_or_below(lname: bytes, suffix: bytes) -> bool:
+    """Whether wire name `lname` is `suffix` or under it (label boundaries respected)."""
+    i = 0
+    while i < len(lname):
+        if lname[i:] == suffix:
+            return True
+        if lname[i] == 0:
+            return False
+        i += lname[i] + 1
+    return False

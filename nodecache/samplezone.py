@@ -14,12 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Coroutine, Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -500,7 +503,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 # --------------------------------------------------------------------------- make run
 
 
-def _banner(address: str, port: int, agent: bool) -> str:
+def _banner(address: str, port: int, agent: bool, operate: str = "") -> str:
     who = "agent (cache) in front of the sample zone" if agent else "sample zone (no cache)"
     ttl_note = "TTL counts down: answered from cache" if agent else "TTL stays 30: no cache here"
     d = f"dig @{address} -p {port}"
@@ -515,8 +518,30 @@ nodecache sample: {who} on {address} port {port}. Try:
   {d} anything.wild.cluster.local                  # wildcard: a new name every time
   for i in 1 2 3; do {d} web.default.svc.cluster.local +noall +answer; sleep 2; done
                                                    # {ttl_note}
-Ctrl-C stops everything.
+{operate}Ctrl-C stops everything.
 """
+
+
+def _operate_banner(address: str, sock: str, metrics_port: int, health_port: int) -> str:
+    """The operator's side of the demo: stats, flush, metrics, readiness."""
+    here = Path(sys.executable).parent / "nodecache"
+    try:
+        cli = str(here.relative_to(Path.cwd())) if here.exists() else "nodecache"
+    except ValueError:
+        cli = str(here)
+    return f"""And see what it does:
+  {cli} stats --control-socket {sock}
+  {cli} flush --control-socket {sock} --name web.default.svc.cluster.local
+  curl -s http://{address}:{metrics_port}/metrics | grep '^coredns_cache'
+  curl -s http://{address}:{health_port}/ready
+"""
+
+
+def _free_tcp_port(address: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((address, 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -551,15 +576,23 @@ def main(run_agent: bool, port: int, zone_port: int, address: str, domain: str, 
 
 def _run_agent(zone: SampleResponder, address: str, port: int, node_resolv_conf: str) -> int:
     """Run the agent in front of `zone` until it exits (its status) or we are signalled (0)."""
+    # Operator endpoints where a user without root can have them: the control
+    # socket in a private temporary directory, HTTP on loopback, free ports.
+    sockdir = tempfile.mkdtemp(prefix="nodecache-")
+    sock = str(Path(sockdir) / "control.sock")
+    metrics_port, health_port = _free_tcp_port(address), _free_tcp_port(address)
     cmd = [
         sys.executable, "-m", "nodecache", "run",
+        "--no-setup-interface", "--no-setup-iptables",  # a demo on loopback: leave the host alone
         "--listen", address, "--port", str(port),
         "--upstream", f"{address}:{zone.port}",
         "--node-resolv-conf", node_resolv_conf,
+        "--control-socket", sock, "--lameduck", "0",
+        "--metrics-address", f"{address}:{metrics_port}", "--health-address", f"{address}:{health_port}",
     ]  # fmt: skip
     agent = subprocess.Popen(cmd)
     try:
-        click.echo(_banner(address, port, agent=True))
+        click.echo(_banner(address, port, agent=True, operate=_operate_banner(address, sock, metrics_port, health_port)))
         sys.stdout.flush()
         return agent.wait()
     except _Stop:
@@ -575,6 +608,8 @@ def _run_agent(zone: SampleResponder, address: str, port: int, node_resolv_conf:
                 agent.kill()
                 agent.wait(5)
         return 0
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)
 
 
 class _Stop(Exception):

@@ -8,35 +8,72 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
-from nodecache.config import Config
+from nodecache.config import Address, Config, canonical_zone
+from nodecache.control import ControlServer
+from nodecache.endpoints import ALL_ADDRESSES, TEXT, HttpEndpoint, Response, parse_address
+from nodecache.errors import ControlError, ListenError, NodecacheError
+from nodecache.health import Readiness
 from nodecache.listeners import Tasks, TcpConnection, UdpListener, make_socket
+from nodecache.logs import QueryLog
+from nodecache.metrics import CONTENT_TYPE, AgentCollector, exposition, registry
+from nodecache.node import NodeSetup
 from nodecache.resolver import Resolver
+from nodecache.stats import DEFAULT_TOP, report
 
 log = logging.getLogger(__name__)
 
 PURGE_INTERVAL = 10.0  # seconds between sweeps of entries past their stale window
 DRAIN_TIMEOUT = 3.0  # seconds in-flight misses get to finish at shutdown
+PORT_ZERO_ATTEMPTS = 10  # tries to find a port free for both UDP and TCP when asked for port 0
+TICK_INTERVAL = 1.0  # seconds between query-rate samples (stats, sampling interval, hit durations)
+MAX_TOP = 1000  # largest --top a stats request may ask for
 
 
 class Server:
     """One agent: its resolver and its sockets on every listen address."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, rebuild: Callable[[], Config] | None = None, watch: Sequence[str] = ()
+    ) -> None:
         self.config = config
+        # Reload: `rebuild` reads the configuration again (the CLI's flags + Corefile);
+        # `watch` are the files and directories whose change triggers it.
+        self._rebuild = rebuild
+        self._watch = tuple(watch)
+        self._reload_wanted = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
+        self.reload_failed = 0
+        self.reloads = 0
+        self._listeners: dict[str, tuple[Any, Any]] = {}  # host -> (UDP transport, TCP server)
         self.resolver = Resolver(config)
         self.tasks = Tasks()
         self.bound: list[tuple[str, int]] = []
         self._stop = asyncio.Event()
         self._closers: list[Any] = []
         self._housekeeping: asyncio.Task[None] | None = None
+        # Operator endpoints (control.py, endpoints.py, health.py, metrics.py).
+        self.started = time.monotonic()
+        self.readiness = Readiness(lambda: list(self.bound), lambda: self.node_ready())
+        self.control: ControlServer | None = None
+        self.http: list[HttpEndpoint] = []
+        self._ticker: asyncio.Task[None] | None = None
+        self._endpoints_open = False
+        self._hurry = asyncio.Event()
+        if config.query_log:
+            self.resolver.query_log = QueryLog(config.query_log_sample, config.query_log_errors_only)
+        self.node: NodeSetup | None = None  # interface and iptables rules; node.py
 
     def request_stop(self) -> None:
-        """Ask the agent to stop; safe to call from a signal handler."""
+        """Ask the agent to stop; safe to call from a signal handler. A second request cuts the lameduck short."""
+        if self._stop.is_set():
+            self._hurry.set()
         self._stop.set()
 
     async def serve(self) -> None:
@@ -44,6 +81,7 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             await self.startup()
             await self.main_loop()
@@ -61,21 +99,7 @@ class Server:
         """Bind UDP and TCP on every listen address (same port for both)."""
         loop = asyncio.get_running_loop()
         for host in self.config.listen:
-            udp = make_socket(host, self.config.port, socket.SOCK_DGRAM)
-            port = udp.getsockname()[1]  # the real port when 0 was asked for
-            try:
-                tcp = make_socket(host, port, socket.SOCK_STREAM)
-            except Exception:
-                udp.close()
-                raise
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: UdpListener(self.resolver, self.tasks), sock=udp
-            )
-            server = await loop.create_server(
-                lambda: TcpConnection(self.resolver, self.tasks, self.config.tcp_idle_timeout), sock=tcp
-            )
-            self._closers += [transport, server]
-            self.bound.append((host, port))
+            await self._open_listener(host)
         self._housekeeping = loop.create_task(self._purge_forever())
         for host, port in self.bound:
             log.info("serving DNS on %s port %d (udp, tcp)", host, port)
@@ -83,24 +107,270 @@ class Server:
             ups = ", ".join(str(a) for a in z.forward.upstreams)
             log.info("zone %s -> %s over %s", z.name, ups, "tcp" if z.forward.force_tcp else "udp (tcp on truncation)")
 
+    async def _open_listener(self, host: str) -> None:
+        """UDP and TCP on one address; remembered by host so a reload can keep or close it."""
+        loop = asyncio.get_running_loop()
+        udp, tcp, port = self._bind_pair(host)
+        transport, _ = await loop.create_datagram_endpoint(lambda: UdpListener(self.resolver, self.tasks), sock=udp)
+        server = await loop.create_server(
+            lambda: TcpConnection(self.resolver, self.tasks, self.config.tcp_idle_timeout), sock=tcp
+        )
+        self._closers += [transport, server]
+        self._listeners[host] = (transport, server)
+        self.bound.append((host, port))
+
+    def _close_listener(self, host: str) -> None:
+        """Stop listening on one address; its connections' in-flight answers still go out."""
+        for closer in self._listeners.pop(host):
+            closer.close()
+            self._closers.remove(closer)
+        self.bound = [b for b in self.bound if b[0] != host]
+
+    def _bind_pair(self, host: str) -> tuple[socket.socket, socket.socket, int]:
+        """UDP and TCP sockets on one port. With port 0 the kernel picks the UDP
+        port, and another program may hold that port for TCP: then pick again."""
+        for attempt in range(PORT_ZERO_ATTEMPTS):
+            udp = make_socket(host, self.config.port, socket.SOCK_DGRAM)
+            port = udp.getsockname()[1]  # the real port when 0 was asked for
+            try:
+                return udp, make_socket(host, port, socket.SOCK_STREAM), port
+            except ListenError:
+                udp.close()
+                if self.config.port != 0 or attempt == PORT_ZERO_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
     async def _setup_node(self) -> None:
-        """Node integration (interface, iptables rules): see netif.py, firewall.py."""
+        """The interface, then the iptables rules (the listeners already serve); see node.py.
+
+        Its setup error counts are `self.node.setup_errors`."""
+        self.node = NodeSetup(self.config, port=self.bound[0][1] if self.bound else self.config.port)
+        await self.node.start()
 
     async def _open_endpoints(self) -> None:
-        """Control socket, metrics and health endpoints: see control.py, metrics.py."""
+        """The once-a-second tick, then the control socket, then /metrics, /health, /ready.
+
+        The metrics and health addresses may be the same; they then share
+        one HTTP server. Each is skipped when its Config field is None; a
+        bare `:PORT` means every IPv4 address, as in a Corefile.
+        """
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+        cfg = self.config
+        if cfg.control_socket:
+            self.control = ControlServer(cfg.control_socket, {"stats": self._stats, "flush": self._flush})
+            await self.control.start()
+        routes: dict[Address, dict[str, Any]] = {}
+        if cfg.metrics_address:
+            collector = AgentCollector(self.resolver, self._server_label, self._setup_errors, lambda: self.reload_failed)
+            reg = registry(collector)
+
+            async def metrics() -> Response:
+                return 200, CONTENT_TYPE, exposition(reg)
+
+            routes.setdefault(parse_address(cfg.metrics_address, ALL_ADDRESSES), {})["/metrics"] = metrics
+        if cfg.health_address:
+            health = {"/health": self._health, "/ready": self._ready}
+            routes.setdefault(parse_address(cfg.health_address, ALL_ADDRESSES), {}).update(health)
+        for address, paths in routes.items():
+            endpoint = HttpEndpoint(address, paths)
+            await endpoint.start()
+            self.http.append(endpoint)
+        self._endpoints_open = True
+        log.info("started in %.0f ms", (time.monotonic() - self.started) * 1e3)
+
+    def node_ready(self) -> str | None:
+        """The node check that fails (interface, rules), as one line; None when in place or not managed.
+
+        /ready includes it. Node setup (node.py) answers it; without node setup there is nothing to check.
+        """
+        return self.node.problem() if self.node is not None else None
+
+    def _setup_errors(self) -> Mapping[str, int]:
+        return self.node.setup_errors if self.node is not None else {}
+
+    def _server_label(self) -> str:
+        """CoreDNS's `server` label: one server, all local IPs, on our port."""
+        return f"dns://:{self.bound[0][1] if self.bound else self.config.port}"
+
+    async def _health(self) -> Response:
+        return 200, TEXT, b"OK\n"
+
+    async def _ready(self) -> Response:
+        failed = await self.readiness.check()
+        if failed is None:
+            return 200, TEXT, b"ready\n"
+        return 503, TEXT, f"not ready: {failed}\n".encode()
+
+    def _stats(self, args: dict[str, Any]) -> dict[str, Any]:
+        top = args.get("top", DEFAULT_TOP)
+        if not isinstance(top, int) or not 0 <= top <= MAX_TOP:
+            raise ControlError(f"top must be a whole number from 0 to {MAX_TOP}")
+        ready, why = self.readiness.state()
+        return report(self.resolver, started=self.started, listen=list(self.bound), ready=ready, not_ready=why, top=top)
+
+    def _flush(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Flush synchronously, on the loop: atomic with respect to queries (see Resolver.flush)."""
+        name, suffix, qtype = args.get("name"), args.get("suffix"), args.get("type")
+        for value in (name, suffix):
+            if value is not None and not isinstance(value, str):
+                raise ControlError("name and suffix must be strings")
+        if qtype is not None and (not isinstance(qtype, int) or not 0 < qtype < 65536):
+            raise ControlError("type must be a number from 1 to 65535")
+        name = canonical_zone(name) if name is not None else None
+        suffix = canonical_zone(suffix) if suffix is not None else None
+        removed = self.resolver.flush(name, suffix, qtype)
+        given = {k: v for k, v in (("name", name), ("suffix", suffix), ("type", qtype)) if v is not None}
+        log.info("flushed %d cached answers", removed, extra={"fields": given})
+        return {"removed": removed}
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_INTERVAL)
+            self.resolver.tick()
 
     async def _enter_lameduck(self) -> None:
-        """Stop looking ready and keep answering for a while before stopping."""
+        """Stop looking ready, then keep answering for the lameduck delay (a second signal cuts it short).
+
+        Skipped when startup did not finish: nothing was steered to us yet.
+        """
+        self.readiness.draining = True
+        delay = self.config.lameduck
+        if not self._endpoints_open or delay <= 0:
+            return
+        log.info("not ready now; still answering for %gs (lameduck)", delay)
+        try:
+            await asyncio.wait_for(self._hurry.wait(), delay)
+            log.info("lameduck cut short by a second signal")
+        except TimeoutError:
+            pass
 
     async def _teardown_node(self) -> None:
         """Remove the iptables rules, then the interface (unless told to keep them)."""
+        if self.node is not None:
+            await self.node.stop(teardown=not self.config.skip_teardown)
 
     async def _close_endpoints(self) -> None:
         """Close the control socket and the HTTP endpoints."""
+        if self.control is not None:
+            self.control.close()
+        for endpoint in self.http:
+            endpoint.close()
+        for endpoint in self.http:
+            await endpoint.wait_closed()  # bounded: see HttpEndpoint.wait_closed
+        if self._ticker is not None:
+            self._ticker.cancel()
 
     async def main_loop(self) -> None:
-        await self._stop.wait()
+        """Serve until told to stop; reload whenever SIGHUP or the file watcher asks."""
+        if self._rebuild is not None and self._watch and self.config.reload_interval > 0:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_forever())
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            while not self._stop.is_set():
+                wanted = asyncio.ensure_future(self._reload_wanted.wait())
+                await asyncio.wait((stop, wanted), return_when=asyncio.FIRST_COMPLETED)
+                wanted.cancel()
+                if self._reload_wanted.is_set() and not self._stop.is_set():
+                    self._reload_wanted.clear()
+                    await self.reload()
+        finally:
+            stop.cancel()
+            if self._watcher is not None:
+                self._watcher.cancel()
         log.info("stopping")
+
+    def request_reload(self) -> None:
+        """Ask for a reload (SIGHUP, or a changed file); safe to call from a signal handler."""
+        self._reload_wanted.set()
+
+    async def reload(self) -> bool:
+        """Build the configuration again and swap it in; keep the old one if the new one is invalid.
+
+        Returns whether the running configuration is now the new one (or already was).
+        """
+        if self._rebuild is None:
+            log.info("reload asked for, but this agent was not started from the command line; nothing to read")
+            return False
+        try:
+            new = self._rebuild()
+        except NodecacheError as exc:
+            self.reload_failed += 1
+            log.error("reload failed, still running the previous configuration: %s", exc)
+            return False
+        if new == self.config:
+            log.info("reload: configuration unchanged")
+            return True
+        try:
+            await self._apply(new)
+        except NodecacheError as exc:
+            self.reload_failed += 1
+            log.error("reload failed, still running the previous configuration: %s", exc)
+            return False
+        self.reloads += 1
+        return True
+
+    async def _apply(self, new: Config) -> None:
+        """Swap `new` in: listeners first (the only step that can fail), then the zones in one step.
+
+        Listeners on addresses in both configs keep their sockets; a changed port
+        reopens them all. New sockets are bound before old ones close, so a failure
+        to bind leaves the old set serving.
+        """
+        old = self.config
+        if new.port == old.port:
+            to_open = [h for h in new.listen if h not in self._listeners]
+            to_close = [h for h in self._listeners if h not in new.listen]
+        else:  # every socket moves to the new port
+            to_open, to_close = list(new.listen), list(self._listeners)
+        leaving = {h: self._listeners.pop(h) for h in to_close}
+        leaving_bound = [b for b in self.bound if b[0] in leaving]
+        self.bound = [b for b in self.bound if b[0] not in leaving]
+        opened: list[str] = []
+        try:
+            for host in to_open:
+                await self._open_listener(host)
+                opened.append(host)
+        except NodecacheError:
+            for host in opened:
+                self._close_listener(host)
+            self._listeners.update(leaving)
+            self.bound += leaving_bound
+            raise
+        for transport, server in leaving.values():
+            for closer in (transport, server):
+                closer.close()
+                self._closers.remove(closer)
+        retired = self.resolver.reconfigure(new)
+        self.config = new
+        for zone in retired:  # their in-flight misses get the whole query timeout to finish
+            asyncio.get_running_loop().call_later(zone.forwarder.policy.timeout + 1, zone.forwarder.close)
+        for what in ("control_socket", "metrics_address", "health_address", "query_log", "setup_interface",
+                     "setup_iptables", "interface_name"):  # fmt: skip
+            if getattr(new, what) != getattr(old, what):
+                log.warning("reload: %s changed; it takes effect when the agent restarts", what)
+        if (new.setup_interface or new.setup_iptables) and set(new.listen) != set(old.listen):
+            log.warning("reload: the interface and iptables rules keep the previous local IPs until the agent restarts")
+        kept = len(new.zones) - sum(1 for z in new.zones if z not in old.zones)
+        log.info(
+            "reloaded: %d zones (%d kept with their cache), listening on %s",
+            len(new.zones), kept, ", ".join(f"{h} port {p}" for h, p in self.bound),
+        )  # fmt: skip
+
+    async def _watch_forever(self) -> None:
+        """Poll the watched paths; a change of what they resolve to asks for a reload.
+
+        ConfigMap volumes update by pointing a `..data` symlink at a new directory, so
+        the identity (inode, mtime, size) of each path's resolved target is compared,
+        and a directory's entries are compared one by one.
+        """
+        seen = watch_signature(self._watch)
+        while True:
+            await asyncio.sleep(self.config.reload_interval)
+            now = watch_signature(self._watch)
+            if now != seen:
+                seen = now
+                log.info("configuration files changed; reloading")
+                self.request_reload()
 
     async def shutdown(self) -> None:
         """Hand the node back in a fixed order; each step tolerates a failed startup."""
@@ -127,9 +397,34 @@ class Server:
                 log.debug("purged %d expired entries", dropped)
 
 
-def run(config: Config) -> None:
-    """Run the agent on uvloop when available, else on the stock asyncio loop."""
-    _run_on_loop(Server(config).serve(), config.loop)
+def watch_signature(paths: Sequence[str]) -> tuple[Any, ...]:
+    """What each path resolves to now: (path, inode, mtime, size) of its target, None when missing.
+
+    A directory contributes its visible entries (and its `..data` link target).
+    """
+    out: list[Any] = []
+    for path in paths:
+        targets = [path]
+        if os.path.isdir(path):
+            targets = [os.path.join(path, "..data")]
+            targets += sorted(os.path.join(path, n) for n in os.listdir(path) if not n.startswith("."))
+        for target in targets:
+            real = os.path.realpath(target)
+            try:
+                st = os.stat(real)
+            except OSError:
+                out.append((target, None))
+                continue
+            out.append((target, real, st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def run(config: Config, rebuild: Callable[[], Config] | None = None, watch: Sequence[str] = ()) -> None:
+    """Run the agent on uvloop when available, else on the stock asyncio loop.
+
+    `rebuild` re-reads the configuration on SIGHUP or when a `watch`ed path changes.
+    """
+    _run_on_loop(Server(config, rebuild, watch).serve(), config.loop)
 
 
 def _run_on_loop(coro: Coroutine[Any, Any, None], choice: str) -> None:

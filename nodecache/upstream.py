@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from nodecache import wire
 from nodecache.config import Address
+from nodecache.counters import Histogram, Latencies
 from nodecache.errors import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,11 @@ class Upstream:
         self.fails = 0  # consecutive failures
         self.queries = 0  # client queries sent (counted by the forwarder)
         self.failures = 0
-        self.healthcheck_broken = 0
+        self.healthcheck_failures = 0  # health probes that got no usable answer
+        # Round trips of answered queries (miss path only): recent ones for
+        # p50/p99, and a histogram per rcode for the proxy duration metric.
+        self.latencies = Latencies()
+        self.durations: dict[int, Histogram] = {}
         self._family = socket.AF_INET6 if address.family_v6 else socket.AF_INET
         self._conns: list[_TcpConnection] = []
         self._connecting: asyncio.Future[_TcpConnection] | None = None
@@ -134,8 +139,14 @@ class Upstream:
     def down(self) -> bool:
         return self.fails >= self.max_fails > 0
 
-    def succeeded(self) -> None:
+    def succeeded(self, seconds: float, rcode: int) -> None:
+        """Record an answered query and its round trip; clears the failure streak."""
         self.fails = 0
+        self.latencies.add(seconds)
+        hist = self.durations.get(rcode)
+        if hist is None:
+            hist = self.durations[rcode] = Histogram()
+        hist.observe(seconds)
 
     def failed(self) -> None:
         """Count a failure; after `max_fails` in a row, probe until it answers."""
@@ -225,7 +236,7 @@ class Upstream:
             try:
                 await self.query(build, check, self.tcp, max(self.health_check, 1.0))
             except UpstreamError:
-                self.healthcheck_broken += 1
+                self.healthcheck_failures += 1
                 continue
             log.info("upstream %s is back (probe answered in %.0f ms)", self.address, (time.monotonic() - started) * 1e3)
             self.fails = 0

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -103,11 +105,57 @@ async def ask_tcp(port: int, queries: list[bytes], timeout: float = 3.0) -> list
     return await asyncio.to_thread(raw_tcp, "127.0.0.1", port, queries, timeout)
 
 
-class AgentProcess:
-    """`nodecache run` as a real subprocess, stopped by its PID."""
+# The CLI defaults are a node agent's (create the interface, install iptables rules);
+# an agent started by a test must not touch the host, so it is told not to.
+NO_NODE_SETUP = ["--no-setup-interface", "--no-setup-iptables"]
+ENDPOINT_FLAGS = ("--control-socket", "--metrics-address", "--health-address", "--lameduck")
+STARTED_WAIT = 10.0  # after "serving DNS on": node setup, then the operator endpoints
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.args = args
+
+def safe_endpoints(args: list[str]) -> tuple[list[str], str | None, int | None, int | None]:
+    """Test-safe operator endpoints for `nodecache run`, for those `args` leaves to the CLI defaults.
+
+    The defaults are a node agent's (/run/nodecache/control.sock, 0.0.0.0:9253,
+    LOCAL_IP:8080, 5 s lameduck): a test gets a control socket in a fresh short
+    temporary directory (sun_path is 108 bytes), metrics and health on free
+    loopback ports, and no lameduck. Returns (extra flags, socket, metrics port, health port).
+    """
+    given = {a.split("=", 1)[0] for a in args}
+    extra: list[str] = []
+    sock = metrics = health = None
+    if "--control-socket" not in given:
+        sock = os.path.join(tempfile.mkdtemp(prefix="nc-"), "control.sock")
+        extra += ["--control-socket", sock]
+    if "--metrics-address" not in given:
+        metrics = free_port()
+        extra += ["--metrics-address", f"127.0.0.1:{metrics}"]
+    if "--health-address" not in given:
+        health = free_port()
+        extra += ["--health-address", f"127.0.0.1:{health}"]
+    if "--lameduck" not in given:
+        extra += ["--lameduck", "0"]
+    return extra, sock, metrics, health
+
+
+class AgentProcess:
+    """`nodecache run` as a real subprocess, stopped by its PID.
+
+    Without `node_setup` it gets NO_NODE_SETUP. `command_prefix` wraps the
+    command (tests/node runs it with `ip netns exec NAME`, which execs, so
+    the PID is still the agent's).
+    """
+
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        node_setup: bool = False,
+        command_prefix: list[str] | None = None,
+    ) -> None:
+        self.args = args if node_setup else [*NO_NODE_SETUP, *args]
+        extra, self.control_socket, self.metrics_port, self.health_port = safe_endpoints(self.args)
+        self.args = [*self.args, *extra]
+        self.command_prefix = command_prefix or []
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
@@ -115,7 +163,7 @@ class AgentProcess:
 
     def start(self) -> AgentProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nodecache", "run", *self.args],
+            [*self.command_prefix, sys.executable, "-m", "nodecache", "run", *self.args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -126,12 +174,21 @@ class AgentProcess:
         deadline = time.monotonic() + AGENT_START_TIMEOUT
         while time.monotonic() < deadline:
             if any("serving DNS on" in line for line in self.lines):
-                return self
+                return self._endpoints_up()
             if self.proc.poll() is not None:
                 break
             time.sleep(0.02)
         self.stop()
         raise RuntimeError("agent did not start:\n" + self.log)
+
+    def _endpoints_up(self) -> AgentProcess:
+        """Operator endpoints open last: wait (bounded) for the agent's "started in" line."""
+        deadline = time.monotonic() + STARTED_WAIT
+        while not any("started in " in line for line in self.lines) and time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        return self
 
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
@@ -154,6 +211,8 @@ class AgentProcess:
                 self.proc.wait(5)
         if self._reader is not None:
             self._reader.join(2)
+        if self.control_socket:
+            shutil.rmtree(os.path.dirname(self.control_socket), ignore_errors=True)
         return self.proc.returncode
 
     def __enter__(self) -> AgentProcess:

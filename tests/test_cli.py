@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -14,17 +15,25 @@ import pytest
 from click.testing import CliRunner
 
 from nodecache.cli import main, run
+from tests.conftest import NO_NODE_SETUP
 from tests.support.clients import dig
 from tests.support.net import free_port
 
 RUN_FLAGS = [
-    "--listen", "--port", "--upstream", "--cluster-domain", "--node-resolv-conf", "--success-capacity",
+    "--local-ip", "--port", "--upstream", "--cluster-domain", "--node-resolv-conf", "--success-capacity",
     "--denial-capacity", "--cluster-success-ttl", "--cluster-denial-ttl", "--other-ttl", "--servfail-ttl",
     "--policy", "--try-timeout", "--timeout", "--tcp-idle-timeout", "--max-udp-payload", "--loop", "--log-level",
+    "--setup-interface", "--setup-iptables", "--interface-name", "--sync-interval", "--skip-teardown",
+    "--iptables-backend",
+    "--log-format", "--control-socket", "--metrics-address", "--health-address", "--lameduck", "--query-log",
+    "--query-log-sample", "--query-log-errors-only",
+    "--config", "--corefile", "--upstream-svc", "--kube-dns-config-dir",
 ]  # fmt: skip
 
 
 def nodecache(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    if args[:1] == ("run",):  # never touch this host's interfaces or iptables
+        args = ("run", *NO_NODE_SETUP, *args[1:])
     return subprocess.run([sys.executable, "-m", "nodecache", *args], capture_output=True, text=True,
                           timeout=30, env=env)
 
@@ -95,6 +104,36 @@ def test_a_port_in_use_by_another_program_is_reported(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_local_ip_has_listen_as_an_alias_and_node_setup_is_on_by_default(tmp_path: Path) -> None:
+    from nodecache.cli import build_config
+
+    local_ip = next(o for o in run.params if o.name == "local_ip")
+    assert local_ip.opts == ["--local-ip", "--listen"] and local_ip.envvar == "NODECACHE_LOCAL_IP"
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 127.0.0.254\n")
+    opts = {o.name: o.default for o in run.params if isinstance(o, click.Option)}
+    opts.update(local_ip=("169.254.20.10,192.0.2.53", "2001:db8::a"), upstream=("192.0.2.10",),
+                node_resolv_conf=str(conf))  # fmt: skip
+    config = build_config(opts)
+    assert config.listen == ("169.254.20.10", "192.0.2.53", "2001:db8::a")
+    assert config.setup_interface and config.setup_iptables and not config.skip_teardown  # a node agent's defaults
+    assert (config.interface_name, config.sync_interval, config.iptables_backend) == ("nodelocaldns", 60.0, "auto")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--local-ip", "localhost"], "'localhost' is not an IP address"),
+        (["--interface-name", "much-too-long-name"], "is not usable"),
+        (["--iptables-backend", "ebtables"], "Invalid value for '--iptables-backend'"),
+    ],
+    ids=["local-ip", "interface-name", "backend"],
+)
+def test_teardown_refuses_bad_input_before_touching_anything(args: list[str], message: str) -> None:
+    done = nodecache("teardown", *args)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
 def test_version() -> None:
     done = nodecache("--version")
     assert done.returncode == 0 and "nodecache" in done.stdout
@@ -112,6 +151,7 @@ def test_make_run_serves_the_sample_zone_through_the_agent(tmp_path: Path) -> No
          "--zone-port", str(zone_port), "--node-resolv-conf", str(conf)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    seen: list[str] = []
     try:
         answer = None
         for _ in range(100):  # up to ~10 s for both servers to come up
@@ -123,11 +163,25 @@ def test_make_run_serves_the_sample_zone_through_the_agent(tmp_path: Path) -> No
         srv = dig("127.0.0.1", port, "_http._tcp.web.default.svc.cluster.local", "SRV")
         assert srv.rdatas("SRV") == ["0 100 80 web.default.svc.cluster.local."]
         assert dig("127.0.0.1", port, "1.2.0.192.in-addr.arpa", "PTR").rdatas("PTR")
+        sock = None
+        assert proc.stdout is not None
+        for _ in range(60):  # the banner also says how to look inside, with no root needed
+            line = proc.stdout.readline()
+            seen.append(line)
+            if "stats --control-socket" in line:
+                sock = line.split("--control-socket", 1)[1].split()[0].rstrip(")")
+                break
+        assert sock is not None
+        stats = nodecache("stats", "--control-socket", sock, "--json")
+        assert stats.returncode == 0, stats.stderr
+        assert json.loads(stats.stdout)["queries"]["total"] >= 3
     finally:
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=15)
+    output = "".join(seen) + output
     assert f"dig @127.0.0.1 -p {port}" in output  # the banner shows what to try
     assert proc.returncode == 0
+    assert not Path(sock).parent.exists()  # the private socket directory is gone
 
 
 def test_stock_asyncio_loop_is_a_working_fallback(tmp_path: Path) -> None:

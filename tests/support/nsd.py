@@ -35,14 +35,23 @@ class NSD:
     """One NSD process serving `zones` (zone name -> master-file text) on address@port."""
 
     def __init__(
-        self, zones: dict[str, str], workdir: Path, address: str = "127.0.0.1", port: int | None = None
+        self,
+        zones: dict[str, str],
+        workdir: Path,
+        address: str = "127.0.0.1",
+        port: int | None = None,
+        netns: str | None = None,
     ) -> None:
+        """`netns`: run inside that network namespace (`ip netns exec`); the port then defaults to 53."""
         if not zones:
             raise ValueError("NSD needs at least one zone")
         self.zones = {name if name.endswith(".") else name + ".": text for name, text in zones.items()}
         self.workdir = Path(workdir).resolve()
         self.address = address
-        self.port = port if port is not None else free_port(_family(address), address)
+        self.netns = netns
+        if port is None:
+            port = 53 if netns is not None else free_port(_family(address), address)
+        self.port = port
         self.conf = self.workdir / "nsd.conf"
         self.log = self.workdir / "nsd.log"
         self._control_dir: str | None = None
@@ -63,8 +72,11 @@ class NSD:
         self._write_files()
         self._check_zones()
         with self.log.open("wb") as log:
+            # `ip netns exec` execs NSD, so the PID stays NSD's own.
+            prefix = ["ip", "netns", "exec", self.netns] if self.netns is not None else []
             self._proc = subprocess.Popen(
-                [binary, "-d", "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                [*prefix, binary, "-d", "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         try:
             self._wait_ready()
@@ -186,7 +198,7 @@ remote-control:
         probe = DNSRecord.question(first, "SOA")
         deadline = time.monotonic() + START_TIMEOUT
         last = "no answer"
-        with udp_client_socket(self.address, self.port) as sock:
+        with self._probe_socket() as sock:
             sock.settimeout(0.2)
             while time.monotonic() < deadline:
                 assert self._proc is not None
@@ -210,6 +222,15 @@ remote-control:
             f"nsd did not answer SOA {first} on {self.address}@{self.port} within {START_TIMEOUT} s "
             f"({last}); conf {self.conf}; log:\n{self.log_text()}"
         )
+
+    def _probe_socket(self) -> socket.socket:
+        if self.netns is None:
+            return udp_client_socket(self.address, self.port)
+        from .netns import socket_in
+
+        sock = socket_in(self.netns, _family(self.address), socket.SOCK_DGRAM)
+        sock.connect((self.address, self.port))
+        return sock
 
 
 def _family(address: str) -> socket.AddressFamily:

@@ -1,0 +1,47 @@
+"""Text forms of wire values for people: names, types, rcodes.
+
+Used by logs, metrics labels, the stats report and the CLI; never on the hit
+path. Type and rcode mnemonics come from dnslib's tables (RFC 3597's TYPEnnn
+for the rest), so they read as dig prints them.
+"""
+
+from __future__ import annotations
+
+from dnslib import QTYPE, RCODE
+
+from nodecache.errors import ConfigError
+
+MAX_TYPE = 65535
+
+
+def name_text(lname: bytes) -> str:
+    """A wire-format name as text with a trailing dot; odd bytes escaped as \\DDD."""
+    labels, i = [], 0
+    while i < len(lname) and lname[i]:
+        raw = lname[i + 1 : i + 1 + lname[i]]
+        labels.append("".join(chr(b) if 0x21 <= b <= 0x7E and b not in b".\\" else f"\\{b:03d}" for b in raw))
+        i += lname[i] + 1
+    return ".".join(labels) + "." if labels else "."
+
+
+def type_name(qtype: int) -> str:
+    """A, AAAA, SRV...; TYPE65280 for a type without a mnemonic."""
+    name = QTYPE.get(qtype)
+    return name if isinstance(name, str) else f"TYPE{qtype}"
+
+
+def rcode_name(rcode: int) -> str:
+    name = RCODE.get(rcode)
+    return name if isinstance(name, str) else f"RCODE{rcode}"
+
+
+def type_number(text: str) -> int:
+    """Read a type as an operator writes it: A, aaaa, TYPE65 or 65."""
+    word = text.strip().upper()
+    if word.isdigit() or (word.startswith("TYPE") and word[4:].isdigit()):
+        value = int(word.removeprefix("TYPE"))
+        if 0 < value <= MAX_TYPE:
+            return value
+    elif word.isascii() and word in QTYPE.reverse:
+        return int(QTYPE.reverse[word])
+    raise ConfigError(f"{text!r} is not a DNS record type; write a mnemonic such as A, AAAA, SRV, or TYPEnnn")

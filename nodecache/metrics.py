@@ -1,0 +1,278 @@
+"""Prometheus metrics, with CoreDNS's names and labels, built at scrape time.
+
+Nothing here runs per query. The resolver, caches and upstreams keep plain
+int counters (see counters.py and the tallies in cache.py); `Collector` reads
+them when Prometheus scrapes and yields metric families. So a dashboard or
+alert written for CoreDNS / node-local-dns works unchanged, and recording
+costs the hit path an int add rather than a prometheus_client call.
+
+Label conventions follow CoreDNS 1.11+:
+- `server` is `dns://:PORT`, one server for all local IPs (the agent serves
+  them from one process); `view` is always empty (no view plugin).
+- `zone` / `zones` is the zone's name with its trailing dot ("." for the root).
+- `type` in coredns_dns_requests_total is the qtype for the types CoreDNS
+  monitors (A, AAAA, SRV, PTR...) and "other" for the rest; in the cache
+  metrics it is the cache, "success" or "denial" (cached SERVFAILs live in
+  the denial cache, as in CoreDNS).
+- `plugin` in coredns_dns_responses_total: "cache" for hits and stale
+  answers, "forward" for upstream answers, "" for errors the agent wrote.
+- `to` is the upstream as IP:PORT; `proxy_name` is "forward".
+
+Durations: misses are measured one by one. Hits are not timed each (two
+clock reads would cost more than the hit's own counting): each hit is put in
+the first bucket (0.25 ms; sampled hits take a few microseconds in the
+agent), and the histogram's sum grows each second by that second's hits
+times the mean duration of the hits the listeners sampled (Resolver.tick).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
+
+from prometheus_client import ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
+
+from nodecache import __version__
+from nodecache.cache import Kind
+from nodecache.counters import Histogram
+from nodecache.dnstext import rcode_name, type_name
+
+if TYPE_CHECKING:
+    from nodecache.resolver import Resolver
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# The error types node-local-dns counts; each is exported (as 0) from the start.
+SETUP_ERROR_TYPES = ("configmap", "interface_add", "interface_check", "iptables", "iptables_lock")
+# Query types CoreDNS labels by name (plugin/metrics/vars/monitor.go); the rest are "other".
+MONITORED_TYPES = frozenset((1, 2, 5, 6, 12, 15, 16, 28, 33, 43, 46, 47, 48, 50, 64, 65, 251, 252, 255))
+PROTOS = ("udp", "tcp", "udp", "tcp")  # by `via` (cache.VIA_*)
+FAMILIES = ("1", "1", "2", "2")  # CoreDNS: 1 for IPv4, 2 for IPv6
+
+
+def _qtype_label(qtype: int) -> str:
+    return type_name(qtype) if qtype in MONITORED_TYPES else "other"
+
+
+def _cache_type(kind: Kind) -> str:
+    return "success" if kind is Kind.SUCCESS else "denial"
+
+
+def _buckets(hist: Histogram, extra_first: int = 0) -> list[tuple[str, float]]:
+    return [(floatToGoString(bound), float(count + extra_first)) for bound, count in hist.cumulative()]
+
+
+def _merged(hists: list[Histogram]) -> Histogram:
+    merged = Histogram(hists[0].bounds)
+    for h in hists:
+        merged.counts = [a + b for a, b in zip(merged.counts, h.counts)]
+        merged.sum += h.sum
+    return merged
+
+
+class AgentCollector(Collector):
+    """Reads the agent's counters at scrape time and yields metric families."""
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        server: Callable[[], str],
+        setup_errors: Callable[[], Mapping[str, int]] = dict,
+        reload_failed: Callable[[], int] = int,
+    ) -> None:
+        self.resolver = resolver
+        self.server = server
+        self.setup_errors = setup_errors
+        self.reload_failed = reload_failed  # failed config reloads (server.py), as CoreDNS's reload plugin counts
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._dns()
+        yield from self._cache()
+        yield from self._forward()
+        yield from self._agent()
+
+    def _dns(self) -> Iterator[Metric]:
+        srv = self.server()
+        requests = CounterMetricFamily(
+            "coredns_dns_requests_total", "Counter of DNS requests made per zone, protocol and family.",
+            labels=["server", "zone", "view", "proto", "family", "type"],
+        )  # fmt: skip
+        responses = CounterMetricFamily(
+            "coredns_dns_responses_total", "Counter of response status codes.",
+            labels=["server", "zone", "view", "rcode", "plugin"],
+        )  # fmt: skip
+        duration = HistogramMetricFamily(
+            "coredns_dns_request_duration_seconds",
+            "Histogram of the time (in seconds) each request took per zone (hits: see the README).",
+            labels=["server", "zone", "view"],
+        )
+        for z in self.resolver.zones:
+            req: dict[tuple[str, str, str], int] = {}
+            resp: dict[tuple[str, str], int] = {}
+            hits = 0
+            for (_kind, rcode, qtype), tally in z.cache.tallies.items():
+                for via, n in enumerate(tally):
+                    if n:
+                        key = (PROTOS[via], FAMILIES[via], _qtype_label(qtype))
+                        req[key] = req.get(key, 0) + n
+                total = sum(tally)
+                if total:
+                    hits += total
+                    rk = (rcode_name(rcode), "cache")
+                    resp[rk] = resp.get(rk, 0) + total
+            for k, n in z.stats.requests.items():
+                key = (PROTOS[k & 3], FAMILIES[k & 3], _qtype_label(k >> 2))
+                req[key] = req.get(key, 0) + n
+            for (rcode, plugin), n in z.stats.responses.items():
+                rk = (rcode_name(rcode), plugin)
+                resp[rk] = resp.get(rk, 0) + n
+            for labels, n in sorted(req.items()):
+                requests.add_metric([srv, z.name, "", *labels], n)
+            for (rname, plugin), n in sorted(resp.items()):
+                responses.add_metric([srv, z.name, "", rname, plugin], n)
+            misses = z.stats.duration
+            duration.add_metric([srv, z.name, ""], _buckets(misses, hits), misses.sum + z.stats.hit_seconds)
+        yield requests
+        yield responses
+        yield duration
+
+    def _cache(self) -> Iterator[Metric]:
+        srv = self.server()
+        both = ["server", "type", "zones", "view"]
+        plain = ["server", "zones", "view"]
+        entries = GaugeMetricFamily("coredns_cache_entries", "The number of elements in the cache.", labels=both)
+        requests = CounterMetricFamily("coredns_cache_requests_total", "The count of cache requests.", labels=plain)
+        hits = CounterMetricFamily("coredns_cache_hits_total", "The count of cache hits.", labels=both)
+        misses = CounterMetricFamily("coredns_cache_misses_total", "The count of cache misses.", labels=plain)
+        prefetch = CounterMetricFamily(
+            "coredns_cache_prefetch_total", "The number of times the cache has prefetched a cached item.", labels=plain
+        )
+        stale = CounterMetricFamily(
+            "coredns_cache_served_stale_total", "The number of requests served from stale cache entries.", labels=plain
+        )
+        evictions = CounterMetricFamily("coredns_cache_evictions_total", "The count of cache evictions.", labels=both)
+        size = GaugeMetricFamily(
+            "nodecache_cache_bytes", "Approximate bytes held by cached answers.", labels=["zone", "type"]
+        )
+        for z in self.resolver.zones:
+            c = z.cache
+            by_kind = {"success": 0, "denial": 0}
+            for (kind, _rcode, _qtype), tally in c.tallies.items():
+                by_kind[_cache_type(kind)] += sum(tally)
+            for name, lru in (("success", c.success), ("denial", c.denial)):
+                entries.add_metric([srv, name, z.name, ""], len(lru))
+                hits.add_metric([srv, name, z.name, ""], by_kind[name])
+                evictions.add_metric([srv, name, z.name, ""], lru.evictions)
+                size.add_metric([z.name, name], lru.bytes)
+            requests.add_metric([srv, z.name, ""], sum(by_kind.values()) + z.stats.misses)
+            misses.add_metric([srv, z.name, ""], z.stats.misses)
+            prefetch.add_metric([srv, z.name, ""], z.stats.prefetches)
+            stale.add_metric([srv, z.name, ""], z.stats.stale)
+        yield from (entries, requests, hits, misses, prefetch, stale, evictions, size)
+
+    def _forward(self) -> Iterator[Metric]:
+        durations: dict[tuple[str, str], list[Histogram]] = {}
+        probes: dict[str, int] = {}
+        up: dict[tuple[str, str], int] = {}
+        broken = rejects = 0
+        inflight = GaugeMetricFamily(
+            "nodecache_upstream_inflight", "Queries waiting on a zone's upstreams right now.", labels=["zone"]
+        )
+        overload = CounterMetricFamily(
+            "nodecache_overload_refused_total",
+            "Client queries answered REFUSED because the zone's upstreams had max_concurrent queries in flight.",
+            labels=["zone"],
+        )
+        coalesced = CounterMetricFamily(
+            "nodecache_coalesced_queries_total",
+            "Queries that waited for an identical query already sent upstream instead of sending their own.",
+            labels=["zone"],
+        )
+        for z in self.resolver.zones:
+            fwd = z.forwarder
+            broken += fwd.all_down
+            rejects += fwd.rejected
+            inflight.add_metric([z.name], fwd.inflight)
+            overload.add_metric([z.name], z.stats.overloaded)
+            coalesced.add_metric([z.name], z.stats.coalesced)
+            for u in fwd.upstreams:
+                to = str(u.address)
+                probes[to] = probes.get(to, 0) + u.healthcheck_failures
+                up[(z.name, to)] = 0 if u.down else 1
+                for rcode, hist in u.durations.items():
+                    durations.setdefault((to, rcode_name(rcode)), []).append(hist)
+        proxy = HistogramMetricFamily(
+            "coredns_proxy_request_duration_seconds", "Histogram of the time each request took.",
+            labels=["proxy_name", "to", "rcode"],
+        )  # fmt: skip
+        for (to, rname), hists in sorted(durations.items()):
+            merged = _merged(hists)
+            proxy.add_metric(["forward", to, rname], _buckets(merged), merged.sum)
+        failures = CounterMetricFamily(
+            "coredns_proxy_healthcheck_failures_total", "Counter of the number of failed healthchecks.",
+            labels=["proxy_name", "to"],
+        )  # fmt: skip
+        for to, n in sorted(probes.items()):
+            failures.add_metric(["forward", to], n)
+        up_gauge = GaugeMetricFamily(
+            "nodecache_upstream_up", "1 while an upstream is considered healthy, 0 while it is marked down.",
+            labels=["zone", "to"],
+        )  # fmt: skip
+        for (zone, to), v in sorted(up.items()):
+            up_gauge.add_metric([zone, to], v)
+        yield proxy
+        yield failures
+        yield CounterMetricFamily(
+            "coredns_forward_healthcheck_broken_total",
+            "Counter of the number of complete failures of the healthchecks (every upstream of a zone down).",
+            value=broken,
+        )
+        yield CounterMetricFamily(
+            "coredns_forward_max_concurrent_rejects_total",
+            "Counter of the number of queries rejected because the concurrent queries were at maximum.",
+            value=rejects,
+        )
+        yield from (inflight, overload, coalesced, up_gauge)
+
+    def _agent(self) -> Iterator[Metric]:
+        errors = CounterMetricFamily(
+            "coredns_nodecache_setup_errors_total", "The number of errors during periodic network setup for node-cache.",
+            labels=["errortype"],
+        )  # fmt: skip
+        counts = {t: 0 for t in SETUP_ERROR_TYPES}
+        counts.update(self.setup_errors())
+        for errortype, n in sorted(counts.items()):
+            errors.add_metric([errortype], n)
+        yield errors
+        r = self.resolver
+        rejected = CounterMetricFamily(
+            "nodecache_rejected_queries_total",
+            "Queries not handled by any zone: malformed (answered FORMERR/NOTIMP), dropped, or outside every zone (REFUSED).",
+            labels=["reason"],
+        )
+        rejected.add_metric(["malformed"], r.malformed)
+        rejected.add_metric(["dropped"], r.dropped)
+        rejected.add_metric(["no_zone"], r.refused)
+        yield rejected
+        yield CounterMetricFamily(
+            "coredns_reload_failed_total", "Counter of the number of failed reload attempts.", value=self.reload_failed()
+        )
+        info = GaugeMetricFamily("nodecache_build_info", "Always 1; the running version.", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+
+def registry(collector: AgentCollector) -> CollectorRegistry:
+    """A registry of its own (not the global one): the agent's metrics and process_* ones."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(collector)
+    ProcessCollector(registry=reg)
+    return reg
+
+
+def exposition(reg: CollectorRegistry) -> bytes:
+    """The Prometheus text format of everything in `reg`."""
+    return generate_latest(reg)
+

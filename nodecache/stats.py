@@ -1,0 +1,195 @@
+"""The stats report: built in the agent from its counters, printed by `nodecache stats`.
+
+`report` makes a plain dict (stable JSON, see SCHEMA) from the live
+objects; it runs on the event loop when the control socket asks, never per
+query. `render` turns that dict into the readable summary; the CLI calls it
+on what came over the socket, so it must only use the dict.
+
+The top names and clients are sampled counters (counters.Activity): at most
+about a thousand queries a second are sampled, each weighted by the
+sampling interval, so the counts estimate real query numbers; they halve
+every minute, so the lists follow recent traffic.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from nodecache import __version__
+from nodecache.dnstext import name_text
+
+if TYPE_CHECKING:
+    from nodecache.resolver import Resolver, ZoneRuntime
+
+SCHEMA = 1  # bump when a field changes meaning or goes away; new fields may be added
+DEFAULT_TOP = 10
+
+
+def _ratio(hits: int, total: int) -> float | None:
+    return round(hits / total, 4) if total else None
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1e3, 3)
+
+
+def _zone(z: ZoneRuntime) -> dict[str, Any]:
+    c, s = z.cache, z.stats
+    hits = c.hits
+    return {
+        "zone": z.name,
+        "queries": hits + s.misses,
+        "hits": hits,
+        "misses": s.misses,
+        "hit_ratio": _ratio(hits, hits + s.misses),
+        "entries": {"success": len(c.success), "denial": len(c.denial)},
+        "capacity": {"success": c.policy.success_capacity, "denial": c.policy.denial_capacity},
+        "bytes": c.bytes,
+        "evictions": c.evictions,
+        "stale_served": s.stale,
+        "prefetches": s.prefetches,
+        "coalesced": s.coalesced,
+        "servfail": s.servfail,
+        "overload_refused": s.overloaded,
+        "upstream_inflight": z.forwarder.inflight,
+    }
+
+
+def report(
+    resolver: Resolver,
+    *,
+    started: float,
+    listen: list[tuple[str, int]],
+    ready: bool | None,
+    not_ready: str | None,
+    top: int = DEFAULT_TOP,
+) -> dict[str, Any]:
+    """Everything `nodecache stats` shows, as JSON-ready data. `started` is a time.monotonic() value."""
+    zones = [_zone(z) for z in resolver.zones]
+    hits = sum(z["hits"] for z in zones)
+    misses = sum(z["misses"] for z in zones)
+    upstreams = []
+    for z in resolver.zones:
+        for u in z.forwarder.upstreams:
+            upstreams.append(
+                {
+                    "zone": z.name,
+                    "address": str(u.address),
+                    "transport": "tcp" if u.tcp else "udp",
+                    "state": "down" if u.down else "up",
+                    "queries": u.queries,
+                    "failures": u.failures,
+                    "latency_ms": {
+                        "p50": _ms(u.latencies.quantile(0.5)),
+                        "p99": _ms(u.latencies.quantile(0.99)),
+                        "samples": len(u.latencies.recent),
+                    },
+                }
+            )
+    a = resolver.activity
+    return {
+        "schema": SCHEMA,
+        "version": __version__,
+        "uptime_seconds": round(time.monotonic() - started, 1),
+        "ready": ready,
+        "not_ready_because": None if ready else not_ready,
+        "listen": [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in listen],
+        "queries": {
+            "total": resolver.total_queries(),
+            "per_second_1m": round(a.rate(), 1),
+            "hits": hits,
+            "misses": misses,
+            "hit_ratio": _ratio(hits, hits + misses),
+            "refused_no_zone": resolver.refused,
+            "malformed": resolver.malformed,
+            "dropped": resolver.dropped,
+        },
+        "cache": {
+            "entries": {k: sum(z["entries"][k] for z in zones) for k in ("success", "denial")},
+            "capacity": {k: sum(z["capacity"][k] for z in zones) for k in ("success", "denial")},
+            "bytes": sum(z["bytes"] for z in zones),
+            "evictions": sum(z["evictions"] for z in zones),
+            "stale_served": sum(z["stale_served"] for z in zones),
+            "prefetches": sum(z["prefetches"] for z in zones),
+            "coalesced": sum(z["coalesced"] for z in zones),
+        },
+        "zones": zones,
+        "upstreams": upstreams,
+        "top_names": [{"name": name_text(k), "queries": n} for k, n in a.names.top(top)],  # type: ignore[arg-type]
+        "top_clients": [{"client": str(k), "queries": n} for k, n in a.clients.top(top)],
+        "sampling": {"method": "sampled counters", "one_in": a.interval, "sampled": a.sampled},
+    }
+
+
+# ---------------------------------------------------------------------------- text
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d}d{h:02d}h{m:02d}m"
+    if h:
+        return f"{h}h{m:02d}m{s:02d}s"
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024 or unit == "MiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
+
+
+def _pct(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio * 100:.1f}%"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def render(r: dict[str, Any]) -> str:
+    """The readable summary of a `report` dict."""
+    q, c = r["queries"], r["cache"]
+    state = {True: "ready", None: f"readiness unknown ({r['not_ready_because']})"}.get(
+        r["ready"], f"NOT READY ({r['not_ready_because']})"
+    )
+    lines = [
+        f"nodecache {r['version']}  up {_duration(r['uptime_seconds'])}  {state}  on {', '.join(r['listen'])}",
+        "",
+        f"queries     {q['total']} total, {q['per_second_1m']:g}/s over the last minute",
+        f"cache       {q['hits']} hits, {q['misses']} misses, hit ratio {_pct(q['hit_ratio'])}",
+        f"entries     {c['entries']['success']} success / {c['capacity']['success']}, "
+        f"{c['entries']['denial']} denial / {c['capacity']['denial']}, about {_size(c['bytes'])}",
+        f"events      {c['evictions']} evictions, {c['stale_served']} stale served, {c['prefetches']} prefetches, "
+        f"{c['coalesced']} coalesced",
+        f"rejected    {q['refused_no_zone']} outside every zone, {q['malformed']} malformed, {q['dropped']} dropped",
+        "",
+        f"{'zone':<22} {'queries':>9} {'hits':>9} {'misses':>8} {'ratio':>7} {'success':>8} {'denial':>7} "
+        f"{'bytes':>10} {'evict':>6} {'stale':>6} {'coal':>6}",
+    ]
+    for z in r["zones"]:
+        lines.append(
+            f"{z['zone']:<22} {z['queries']:>9} {z['hits']:>9} {z['misses']:>8} {_pct(z['hit_ratio']):>7} "
+            f"{z['entries']['success']:>8} {z['entries']['denial']:>7} {_size(z['bytes']):>10} "
+            f"{z['evictions']:>6} {z['stale_served']:>6} {z['coalesced']:>6}"
+        )
+    lines += ["", f"{'upstream':<30} {'zone':<16} {'state':<5} {'queries':>8} {'fails':>6} {'p50 ms':>8} {'p99 ms':>8}"]
+    for u in r["upstreams"]:
+        lat = u["latency_ms"]
+        lines.append(
+            f"{u['address'] + ' ' + u['transport']:<30} {u['zone']:<16} {u['state']:<5} {u['queries']:>8} "
+            f"{u['failures']:>6} {_num(lat['p50']):>8} {_num(lat['p99']):>8}"
+        )
+    one_in = r["sampling"]["one_in"]
+    how = "every query" if one_in <= 1 else f"1 in {one_in} queries"
+    lines += ["", f"top names and clients: approximate (sampled counters, now {how}; halved every minute)"]
+    for title, rows, key in (("names", r["top_names"], "name"), ("clients", r["top_clients"], "client")):
+        lines.append(f"  {title}:" + ("" if rows else " none sampled yet"))
+        lines += [f"{row['queries']:>10}  {row[key]}" for row in rows]
+    return "\n".join(lines) + "\n"
