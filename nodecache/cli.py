@@ -326,6 +326,12 @@ def corefile_config(opts: dict[str, Any], explicit: frozenset[str] = frozenset()
             given[flag] = _http_address("--" + flag.replace("_", "-"), given[flag]) or ""
     config = to_config(parsed, Overrides(**given))
     listen = config.listen
+    wildcard = [h for h in listen if ipaddress.ip_address(h).is_unspecified]
+    if wildcard and (opts["setup_interface"] or opts["setup_iptables"]):
+        raise ConfigError(
+            f"the Corefile listens on {' '.join(wildcard)} (no bind), which cannot go on the interface or in the "
+            "rules: add `bind` with the local IPs, or give --local-ip, or --no-setup-interface --no-setup-iptables"
+        )
     # An explicit 'off' is "" here: to_config would fall back to the Corefile's, so decide after it.
     metrics = given["metrics_address"] if "metrics_address" in given else config.metrics_address or DEFAULT_METRICS_ADDRESS
     health = given["health_address"] if "health_address" in given else config.health_address or _default_health(listen)
@@ -334,6 +340,7 @@ def corefile_config(opts: dict[str, Any], explicit: frozenset[str] = frozenset()
     return dataclasses.replace(
         config,
         reload_interval=parsed.reload.interval if parsed.reload else 0.0,
+        loop_zones=tuple(k.zone for b in parsed.blocks if b.loop for k in b.keys),
         metrics_address=metrics or None,
         health_address=health or None,
         lameduck=lameduck,

@@ -185,6 +185,8 @@ class Config:
     query_log_errors_only: bool = False
     # Reload (server.py): seconds between checks of the config files; 0: only on SIGHUP.
     reload_interval: float = 0.0
+    # Loop detection (Resolver.check_loops): zones whose upstreams are probed at start (Corefile `loop`).
+    loop_zones: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.listen:

@@ -36,6 +36,7 @@ class Forwarder:
             Upstream(a, policy.expire, policy.health_check, policy.max_fails, policy.force_tcp)
             for a in policy.upstreams
         ]
+        self.active = list(self.upstreams)  # those queries may go to: loop detection excludes the others
         self.inflight = 0
         self.rejected = 0
         self.all_down = 0  # queries that found every upstream marked down (CoreDNS: healthcheck broken)
@@ -44,7 +45,7 @@ class Forwarder:
 
     def order(self) -> list[Upstream]:
         """Servers in the order to try them: by policy, healthy ones first."""
-        ups = self.upstreams
+        ups = self.active
         if self.policy.policy == "random":
             ups = self._rng.sample(ups, len(ups))
         elif self.policy.policy == "round_robin":
@@ -58,6 +59,8 @@ class Forwarder:
 
     async def query(self, lname: bytes, qtc: bytes, do: bool, cd: bool) -> tuple[bytes, wire.ReplyScan, Upstream]:
         """Ask until one server gives a usable reply; raise UpstreamError if none does."""
+        if not self.active:
+            raise UpstreamError("every upstream of this zone forwards back to this agent (loop detected); fix them and restart")
         if self.inflight >= self.policy.max_concurrent:
             self.rejected += 1
             raise Overloaded(f"{self.inflight} queries already in flight (max_concurrent)")
@@ -101,6 +104,14 @@ class Forwarder:
             up.succeeded(time.monotonic() - started, scan.rcode)
             return msg, scan, up
         raise UpstreamError("; ".join(dict.fromkeys(errors)) or "no time left to ask an upstream")
+
+    def exclude(self, up: Upstream) -> None:
+        """Never ask `up` again: it forwards our queries back to us (see Resolver.check_loops).
+
+        It stays in `upstreams`, so stats and metrics still show it.
+        """
+        if up in self.active:
+            self.active.remove(up)
 
     def close(self) -> None:
         for up in self.upstreams:

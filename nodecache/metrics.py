@@ -200,7 +200,7 @@ class AgentCollector(Collector):
             for u in fwd.upstreams:
                 to = str(u.address)
                 probes[to] = probes.get(to, 0) + u.healthcheck_failures
-                up[(z.name, to)] = 0 if u.down else 1
+                up[(z.name, to)] = 0 if u.down or u not in fwd.active else 1  # excluded by loop detection: down
                 for rcode, hist in u.durations.items():
                     durations.setdefault((to, rcode_name(rcode)), []).append(hist)
         proxy = HistogramMetricFamily(
@@ -217,7 +217,7 @@ class AgentCollector(Collector):
         for to, n in sorted(probes.items()):
             failures.add_metric(["forward", to], n)
         up_gauge = GaugeMetricFamily(
-            "nodecache_upstream_up", "1 while an upstream is considered healthy, 0 while it is marked down.",
+            "nodecache_upstream_up", "1 while an upstream is healthy; 0 while marked down or excluded as a forwarding loop.",
             labels=["zone", "to"],
         )  # fmt: skip
         for (zone, to), v in sorted(up.items()):

@@ -21,18 +21,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import secrets
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from nodecache import wire
 from nodecache.cache import Entry, ZoneCache
-from nodecache.config import STALE_REPLY_TTL, CachePolicy, Config, Zone, name_to_wire
+from nodecache.config import STALE_REPLY_TTL, UPSTREAM_UDP_PAYLOAD, CachePolicy, Config, Zone, name_to_wire
 from nodecache.counters import Activity, Histogram
 from nodecache.errors import UpstreamError
 from nodecache.forwarder import Forwarder, Overloaded
 from nodecache.logs import QueryLog, Throttle
+from nodecache.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,13 @@ PROBE_TYPE = 16  # TXT
 PROBE_TEXT = b"ready"
 LOCAL_TTL = 86400  # the probe's answer stays cached; refetched from memory if flushed or expired
 _LOCAL_POLICY = CachePolicy(success_capacity=4, success_max_ttl=LOCAL_TTL, denial_capacity=0)
+
+# Loop detection (Corefile `loop`): a probe for RANDOM.nodecache-loop-check.ZONE goes to
+# each upstream; if it reaches our own listener, that upstream forwards to us.
+LOOP_LABEL = "nodecache-loop-check"
+_LOOP_WIRE = bytes((len(LOOP_LABEL),)) + LOOP_LABEL.encode()
+LOOP_PROBE_TYPE = 13  # HINFO, as CoreDNS's loop plugin asks
+LOOP_PROBE_TIMEOUT = 2.0
 
 
 @dataclass(eq=False)
@@ -77,6 +86,7 @@ class ZoneRuntime:
     def __init__(self, zone: Zone, clock: Callable[[], float]) -> None:
         self.zone = zone
         self.name = zone.name
+        self.forward_tcp = zone.forward.force_tcp
         self.cache = ZoneCache(zone.cache, clock)
         self.forwarder = Forwarder(zone.forward)
         self.stats = ZoneStats()
@@ -158,6 +168,8 @@ class Resolver:
         self._udp_cap = config.max_udp_payload
         self.activity = Activity(time.monotonic)  # sampled top-N, query rate; listeners feed it
         self.query_log: QueryLog | None = None  # set by the server when --query-log is on
+        self._loop_probes: dict[bytes, tuple[ZoneRuntime, Upstream]] = {}  # probe name -> who was asked
+        self.loops: list[str] = []  # "zone upstream" pairs found looping
 
     def reconfigure(self, config: Config) -> list[ZoneRuntime]:
         """Swap in a new Config's zones; return the ZoneRuntimes no longer used.
@@ -219,7 +231,68 @@ class Resolver:
                 entry.tally[via] += 1
                 limit = TCP_LIMIT if via & 1 else (q.payload if q.payload < self._udp_cap else self._udp_cap)
                 return entry.reply(data, q.qend, q.edns, limit, now)
+        if self._loop_probes and _LOOP_WIRE in q.lname:  # only while probes are out: one truthiness test
+            return self._loop_probe_seen(q)
         return q
+
+    def _loop_probe_seen(self, q: wire.Query) -> wire.Query | None:
+        """Our own loop probe came back: the upstream it went to forwards to us. Stop using it.
+
+        The probe is dropped, so the loop ends here. A probe of another agent passing
+        through is an ordinary query.
+        """
+        probe = self._loop_probes.pop(q.lname, None)
+        if probe is None:
+            return q
+        zone, up = probe
+        # Sub-zones split off the same server block (a `cache ... ZONE` or `disable` below it)
+        # have the same upstreams in a Forwarder of their own: they loop too.
+        for z in self.zones:
+            if z is zone or (z.zone.forward == zone.zone.forward and _at_or_below(z.zone.wire, zone.zone.wire)):
+                for other in z.forwarder.upstreams:
+                    if other.address == up.address:
+                        z.forwarder.exclude(other)
+        self.loops.append(f"{zone.name} {up.address}")
+        log.error(
+            "zone %s: upstream %s sends queries back to this agent (a forwarding loop, e.g. the node's resolv.conf "
+            "naming this agent); no longer forwarding to it. Point the zone at the real resolvers and restart",
+            zone.name, up.address,
+        )  # fmt: skip
+        return None
+
+    async def check_loops(self, zone_names: Sequence[str]) -> None:
+        """Send one probe per upstream of each named zone, all at once; loops are caught in `answer`.
+
+        Only the probe that comes back to us counts: an upstream's answer, error or silence says nothing.
+        """
+        probes = []
+        sent: list[bytes] = []
+        for zone in self.zones:
+            if zone.name not in zone_names:
+                continue
+            for up in list(zone.forwarder.upstreams):
+                name = f"{secrets.token_hex(8)}.{LOOP_LABEL}.{'' if zone.name == '.' else zone.name}"
+                lname = name_to_wire(name.rstrip(".") + ".")
+                self._loop_probes[lname] = (zone, up)
+                sent.append(lname)
+                probes.append(self._probe(zone, up, lname))
+        try:
+            if probes:
+                await asyncio.gather(*probes)
+        finally:
+            for lname in sent:
+                self._loop_probes.pop(lname, None)
+
+    async def _probe(self, zone: ZoneRuntime, up: Upstream, lname: bytes) -> None:
+        qtc = struct.pack("!HH", LOOP_PROBE_TYPE, 1)
+
+        def build(qid: int) -> bytes:
+            return wire.make_query(qid, lname + qtc, False, False, UPSTREAM_UDP_PAYLOAD)
+
+        try:
+            await up.query(build, lambda msg: wire.scan_reply(msg, lname, qtc), zone.forward_tcp, LOOP_PROBE_TIMEOUT)
+        except UpstreamError:
+            pass  # silence or an error is not a loop; only our probe arriving back is
 
     def _malformed(self, data: bytes, exc: wire.Malformed) -> bytes | None:
         """Count a bad packet; FORMERR/NOTIMP/BADVERS when its header is readable."""

@@ -52,6 +52,7 @@ class Server:
         self.reload_failed = 0
         self.reloads = 0
         self._listeners: dict[str, tuple[Any, Any]] = {}  # host -> (UDP transport, TCP server)
+        self._loop_checks: set[asyncio.Task[None]] = set()
         self.resolver = Resolver(config)
         self.tasks = Tasks()
         self.bound: list[tuple[str, int]] = []
@@ -101,11 +102,23 @@ class Server:
         for host in self.config.listen:
             await self._open_listener(host)
         self._housekeeping = loop.create_task(self._purge_forever())
+        self._check_loops(self.config.loop_zones)
         for host, port in self.bound:
             log.info("serving DNS on %s port %d (udp, tcp)", host, port)
         for z in self.config.zones:
             ups = ", ".join(str(a) for a in z.forward.upstreams)
             log.info("zone %s -> %s over %s", z.name, ups, "tcp" if z.forward.force_tcp else "udp (tcp on truncation)")
+
+    def _check_loops(self, zone_names: Sequence[str]) -> None:
+        """Probe these zones' upstreams for forwarding loops (Corefile `loop`), in the background.
+
+        The listeners must already serve: a looping probe is caught when it reaches them.
+        Other zones answer meanwhile; see Resolver.check_loops.
+        """
+        if zone_names:
+            task = asyncio.get_running_loop().create_task(self.resolver.check_loops(zone_names))
+            self._loop_checks.add(task)
+            task.add_done_callback(self._loop_checks.discard)
 
     async def _open_listener(self, host: str) -> None:
         """UDP and TCP on one address; remembered by host so a reload can keep or close it."""
@@ -342,6 +355,7 @@ class Server:
                 self._closers.remove(closer)
         retired = self.resolver.reconfigure(new)
         self.config = new
+        self._check_loops([z.name for z in new.zones if z not in old.zones and z.name in new.loop_zones])
         for zone in retired:  # their in-flight misses get the whole query timeout to finish
             asyncio.get_running_loop().call_later(zone.forwarder.policy.timeout + 1, zone.forwarder.close)
         for what in ("control_socket", "metrics_address", "health_address", "query_log", "setup_interface",
@@ -387,6 +401,8 @@ class Server:
         await self._close_endpoints()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
+        for task in list(self._loop_checks):
+            task.cancel()
         self.resolver.close()
 
     async def _purge_forever(self) -> None:

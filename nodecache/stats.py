@@ -77,7 +77,7 @@ def report(
                     "zone": z.name,
                     "address": str(u.address),
                     "transport": "tcp" if u.tcp else "udp",
-                    "state": "down" if u.down else "up",
+                    "state": "loop" if u not in z.forwarder.active else "down" if u.down else "up",
                     "queries": u.queries,
                     "failures": u.failures,
                     "latency_ms": {

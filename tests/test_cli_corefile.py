@@ -57,6 +57,9 @@ def test_stock_corefile_gives_the_reference_zones(resolv: Path, monkeypatch: pyt
     assert config.listen == ("169.254.20.10",) and config.port == 53
     # The Corefile's endpoints, since no flag was given for them.
     assert (config.metrics_address, config.health_address) == ("0.0.0.0:9253", "169.254.20.10:8080")
+    # Every stock block has `reload` (30 s) and `loop`.
+    assert config.reload_interval == 30.0
+    assert config.loop_zones == ("cluster.local.", "in-addr.arpa.", "ip6.arpa.", ".")
     # Flags the Corefile has no word for keep their meaning (a node agent's defaults).
     assert config.setup_interface and config.control_socket == "/run/nodecache/control.sock"
 
@@ -74,7 +77,7 @@ def test_explicit_flags_win_over_the_corefile(resolv: Path, monkeypatch: pytest.
 
 def test_corefile_log_turns_on_the_query_log_unless_the_flag_says(tmp_path: Path, resolv: Path) -> None:
     corefile = tmp_path / "Corefile"
-    corefile.write_text(".:53 {\n    log\n    forward . 192.0.2.1\n}\n")
+    corefile.write_text(".:53 {\n    log\n    bind 127.0.0.1\n    forward . 192.0.2.1\n}\n")
     assert build_config(opts_with(config=str(corefile), node_resolv_conf=str(resolv))).query_log
     off = build_config(opts_with(config=str(corefile), node_resolv_conf=str(resolv), query_log=False),
                        frozenset({"query_log"}))  # fmt: skip
@@ -85,6 +88,18 @@ def test_corefile_log_turns_on_the_query_log_unless_the_flag_says(tmp_path: Path
 def test_zone_flags_are_refused_with_a_corefile(resolv: Path, flag: str, value: object) -> None:
     with pytest.raises(ConfigError, match=f"--{flag.replace('_', '-')} cannot be combined with --config"):
         build_config(stock_opts(resolv, **{flag: value}), frozenset({flag}))
+
+
+def test_a_corefile_without_bind_needs_local_ips_for_node_setup(tmp_path: Path, resolv: Path) -> None:
+    corefile = tmp_path / "Corefile"
+    corefile.write_text(".:53 {\n    forward . 192.0.2.1\n}\n")
+    with pytest.raises(ConfigError, match="listens on 0.0.0.0 :: .no bind."):
+        build_config(opts_with(config=str(corefile), node_resolv_conf=str(resolv)))
+    given = opts_with(config=str(corefile), node_resolv_conf=str(resolv), local_ip=("169.254.20.10",))
+    assert build_config(given, frozenset({"local_ip"})).listen == ("169.254.20.10",)
+    off = build_config(opts_with(config=str(corefile), node_resolv_conf=str(resolv), setup_interface=False,
+                                 setup_iptables=False))  # fmt: skip
+    assert off.listen == ("0.0.0.0", "::")
 
 
 def test_without_config_the_flags_alone_decide(resolv: Path) -> None:
@@ -160,3 +175,12 @@ def test_run_serves_the_zones_of_the_corefile(tmp_path: Path, resolv: Path) -> N
             assert dig("127.0.0.1", port, "example.org").rcode == "REFUSED"  # no `.` zone in this Corefile
     assert f"serving DNS on 127.0.0.1 port {port}" in agent.log  # --port won over the Corefile's port
     assert "name=kubernetes.default.svc.cluster.local." in agent.log  # `log`: the query log is on
+
+
+def test_check_config_without_a_corefile_shows_the_flag_built_zones(resolv: Path) -> None:
+    done = nodecache("check-config", "--upstream", "192.0.2.10", "--local-ip", "127.0.0.1",
+                     "--node-resolv-conf", str(resolv), "--cluster-success-ttl", "60")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["cluster.local.", "in-addr.arpa.", "ip6.arpa.", "."]
+    assert rows[0][1] == "192.0.2.10:53" and "0-60s" in done.stdout.splitlines()[2]
