@@ -12,7 +12,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
-COPY setup.cfg pyproject.toml README.md ./
+COPY setup.cfg pyproject.toml README.md daemonset.yaml ./
 COPY nodecache ./nodecache
 RUN pip install --no-cache-dir . && rm -rf /src
 

@@ -14,7 +14,7 @@ NODE_RESOLV_CONF ?= /etc/resolv.conf
 # dnsmasq and unbound (peers in `make bench`), iptables and iproute2 (netns tests).
 DEB_PACKAGES := nsd bind9-dnsutils knot-dnsutils dnsperf dnsmasq-base unbound iptables iproute2
 
-.PHONY: help venv debs run test bench profile lint clean
+.PHONY: help venv debs run test bench profile lint clean image manifest
 
 help:
 	@echo "make run    start the agent on 127.0.0.1:$(RUN_PORT) in front of a sample cluster zone"
@@ -22,6 +22,8 @@ help:
 	@echo "make bench  dnsperf side by side: nodecache, dnsmasq, unbound"
 	@echo "make profile  cProfile of the hit path (fails if dnslib runs on a hit)"
 	@echo "make lint   ruff and mypy"
+	@echo "make image  build the container image $(IMAGE) with docker or podman"
+	@echo "make manifest ARGS='--dns-server IP [--ipvs] [--image REF]'  print daemonset.yaml rendered for a cluster"
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +58,20 @@ profile: debs $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nodecache tests benchmarks
 	$(VENV)/bin/mypy nodecache --ignore-missing-imports
+
+# The container image, with whichever engine answers (`docker info` / `podman info`).
+VERSION := $(shell sed -n 's/^version *= *//p' setup.cfg)
+IMAGE   ?= nodecache:$(VERSION)
+
+image:
+	@if docker info >/dev/null 2>&1; then engine=docker; \
+	elif podman info >/dev/null 2>&1; then engine=podman; \
+	else echo "make image: neither docker nor podman is available here (docker info and podman info both failed); build the Dockerfile on a machine with a container engine"; exit 1; fi; \
+	echo "$$engine build -t $(IMAGE) ."; $$engine build -t $(IMAGE) .
+
+# e.g. make manifest ARGS='--dns-server 192.0.2.10 --ipvs' > node-local-dns.yaml
+manifest: $(STAMP)
+	@$(VENV)/bin/nodecache manifest $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

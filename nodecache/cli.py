@@ -543,3 +543,28 @@ def flush(control_socket: str, name: str | None, suffix: str | None, qtype: str 
     removed = _call(control_socket, "flush", args)["removed"]
     what = " ".join(f"--{k} {v}" for k, v in ((k, qtype if k == "type" else v) for k, v in args.items()))
     click.echo(f"removed {removed} cached answer{'' if removed == 1 else 's'}" + (f" ({what})" if what else ""))
+
+
+# ---------------------------------------------------------------------------- deployment
+
+
+@main.command()
+@click.option("--local-ip", default="169.254.20.10", show_default=True, metavar="IP",
+              help="The node-local address pods will ask (link-local, the same on every node).")
+@click.option("--dns-server", required=True, metavar="IP",
+              help="The kube-dns ClusterIP (kubectl -n kube-system get svc kube-dns -o jsonpath={.spec.clusterIP}).")
+@click.option("--domain", default="cluster.local", show_default=True, help="The cluster's DNS domain.")
+@click.option("--ipvs", is_flag=True, default=False,
+              help="kube-proxy in IPVS mode: serve the local IP only; kubelet must then point pods at it.")
+@click.option("--image", default=None, metavar="REF",
+              help="Container image of nodecache. [default: nodecache:VERSION, as `make image` tags it]")
+@click.option("--template", default=None, type=click.Path(dir_okay=False, exists=True), metavar="FILE",
+              help="daemonset.yaml to render. [default: the one shipped with nodecache]")
+def manifest(local_ip: str, dns_server: str, domain: str, ipvs: bool, image: str | None, template: str | None) -> None:
+    """Print daemonset.yaml with every placeholder filled in, ready for kubectl apply -f -."""
+    from pathlib import Path
+
+    from nodecache import manifest as rendering
+
+    values = _guard(lambda: rendering.checked_values(local_ip, dns_server, domain, ipvs, image or rendering.DEFAULT_IMAGE))
+    click.echo(_guard(lambda: rendering.render_file(values, Path(template) if template else None)), nl=False)
