@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 import time
 from typing import Any
 
 from nodecache import wire
 from nodecache.cache import VIA_TCP4, VIA_TCP6, VIA_UDP4, VIA_UDP6
 from nodecache.errors import ListenError
+from nodecache.framing import FramedConnection
 from nodecache.resolver import Resolver
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ class UdpListener(asyncio.DatagramProtocol):
         log.debug("udp socket error: %s", exc)  # e.g. ICMP unreachable from a client
 
 
-class TcpConnection(asyncio.Protocol):
+class TcpConnection(FramedConnection):
     """One client connection: 2-byte framing, pipelined queries, idle timeout.
 
     Replies are written as each is ready, so a slow miss does not hold back
@@ -204,16 +204,13 @@ class TcpConnection(asyncio.Protocol):
     """
 
     def __init__(self, resolver: Resolver, tasks: Tasks, idle: float) -> None:
+        super().__init__(idle)
         self.resolver = resolver
         self.answer = resolver.answer
         self.resolve = resolver.resolve
         self.tasks = tasks
-        self.idle = idle
-        self.buf = bytearray()
         self.outstanding = 0
         self.paused = False
-        self.transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self.via = VIA_TCP4
         self.peer: Any = None
         self.activity = resolver.activity
@@ -221,31 +218,15 @@ class TcpConnection(asyncio.Protocol):
         self.query_log = resolver.query_log
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
         self.via = VIA_TCP6 if _is_v6(transport) else VIA_TCP4
         self.peer = transport.get_extra_info("peername")
-        self._arm()
+        super().connection_made(transport)
 
-    def _arm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(self.idle, self._idle_out)
-
-    def _idle_out(self) -> None:
-        if self.outstanding:
-            self._arm()  # answers are still coming; the clock restarts after them
-        elif self.transport is not None:
-            self.transport.close()
+    def busy(self) -> bool:
+        return self.outstanding > 0  # answers are still coming; the clock restarts after them
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        while len(buf) >= 2:
-            size = buf[0] << 8 | buf[1]
-            if len(buf) < 2 + size:
-                break
-            msg = bytes(buf[2 : 2 + size])
-            del buf[: 2 + size]
+        for msg in self.frames(data):
             self._arm()
             self.countdown -= 1
             if not self.countdown or self.query_log is not None:
@@ -262,8 +243,7 @@ class TcpConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _send(self, reply: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(struct.pack("!H", len(reply)) + reply)
+        self.write_message(reply)
 
     def _one_observed(self, msg: bytes) -> None:
         """One query on the sampled or logged branch: timed, sampled when due, logged when on."""
@@ -302,6 +282,5 @@ class TcpConnection(asyncio.Protocol):
                 self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._disarm()
         self.transport = None

@@ -17,7 +17,6 @@ import asyncio
 import logging
 import secrets
 import socket
-import struct
 import time
 from collections.abc import Callable
 
@@ -25,6 +24,7 @@ from nodecache import wire
 from nodecache.config import Address
 from nodecache.counters import Histogram, Latencies
 from nodecache.errors import UpstreamError
+from nodecache.framing import FramedConnection
 
 log = logging.getLogger(__name__)
 
@@ -41,46 +41,27 @@ Check = Callable[[bytes], wire.ReplyScan]
 Build = Callable[[int], bytes]
 
 
-class _TcpConnection(asyncio.Protocol):
+class _TcpConnection(FramedConnection):
     """One TCP connection carrying many in-flight queries, matched by ID.
 
     A Protocol rather than streams: replies are dispatched straight from
-    `data_received`, with no reader task to schedule (and under uvloop the
-    stream-based version occasionally left a reply unread for seconds).
+    `data_received`, with no reader task to schedule. Idle for `expire`
+    seconds with nothing in flight, it closes.
     """
 
     def __init__(self, expire: float) -> None:
-        self.expire = expire
+        super().__init__(expire)
         self.pending: dict[int, asyncio.Future[bytes]] = {}
         self.closed = False
-        self.transport: asyncio.Transport | None = None
-        self._buf = bytearray()
-        self._timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self._arm()
+    def busy(self) -> bool:
+        return bool(self.pending)  # queries are waiting; their own timeouts apply
 
-    def _arm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(self.expire, self._expired)
-
-    def _expired(self) -> None:
-        if self.pending:
-            self._arm()  # queries are waiting; their own timeouts apply
-        else:
-            self.close()  # idle for `expire` seconds
+    def idle_close(self) -> None:
+        self.close()
 
     def data_received(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        while len(buf) >= 2:
-            size = buf[0] << 8 | buf[1]
-            if len(buf) < 2 + size:
-                break
-            msg = bytes(buf[2 : 2 + size])
-            del buf[: 2 + size]
+        for msg in self.frames(data):
             fut = self.pending.pop(wire.reply_id(msg), None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
@@ -91,8 +72,7 @@ class _TcpConnection(asyncio.Protocol):
     def send(self, qid: int, query: bytes) -> asyncio.Future[bytes]:
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.pending[qid] = fut
-        assert self.transport is not None
-        self.transport.write(struct.pack("!H", len(query)) + query)
+        self.write_message(query)
         self._arm()
         return fut
 
@@ -104,8 +84,7 @@ class _TcpConnection(asyncio.Protocol):
             if not fut.done():
                 fut.set_exception(UpstreamError("upstream closed the TCP connection"))
         self.pending.clear()
-        if self._timer is not None:
-            self._timer.cancel()
+        self._disarm()
         if self.transport is not None:
             self.transport.close()
 
