@@ -212,10 +212,7 @@ def build_config(opts: dict[str, Any], explicit: frozenset[str] = frozenset()) -
     """
     if opts.get("config"):
         return corefile_config(opts, explicit)
-    listen = _split(opts["local_ip"])
-    for host in listen:
-        if not _is_ip(host):
-            raise ConfigError(f"--local-ip {host!r} is not an IP address; give a bare IPv4 or IPv6 address (the port is --port)")
+    listen = _local_ips(opts["local_ip"])
     upstreams = tuple(Address.parse(u) for u in _split(opts["upstream"]))
     if not upstreams:
         raise ConfigError(
@@ -317,10 +314,7 @@ def corefile_config(opts: dict[str, Any], explicit: frozenset[str] = frozenset()
         _write_substituted(opts)
     given: dict[str, Any] = {field: opts[flag] for flag, field in OVERRIDE_FLAGS.items() if flag in explicit}
     if "listen" in given:
-        given["listen"] = _split(given["listen"])
-        for host in given["listen"]:
-            if not _is_ip(host):
-                raise ConfigError(f"--local-ip {host!r} is not an IP address; give a bare IPv4 or IPv6 address")
+        given["listen"] = _local_ips(given["listen"])
     for flag in ("metrics_address", "health_address"):
         if flag in given:
             given[flag] = _http_address("--" + flag.replace("_", "-"), given[flag]) or ""
@@ -388,10 +382,7 @@ def teardown(interface_name: str, local_ip: tuple[str, ...], iptables_backend: s
     from nodecache.node import teardown_leftovers
 
     def checked_ips() -> tuple[str, ...]:
-        ips = _split(local_ip)
-        for ip in ips:
-            if not _is_ip(ip):
-                raise ConfigError(f"--local-ip {ip!r} is not an IP address; give bare IPv4 or IPv6 addresses")
+        ips = _local_ips(local_ip)
         check_interface_name(interface_name)
         return ips
 
@@ -430,12 +421,17 @@ def _default_health(listen: tuple[str, ...]) -> str:
     return f"[{host}]:{DEFAULT_HEALTH_PORT}" if ":" in host else f"{host}:{DEFAULT_HEALTH_PORT}"
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+def _local_ips(values: tuple[str, ...]) -> tuple[str, ...]:
+    """--local-ip as a tuple of bare IPs (repeated or comma-separated), or the one-line error."""
+    ips = _split(values)
+    for ip in ips:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise ConfigError(
+                f"--local-ip {ip!r} is not an IP address; give bare IPv4 or IPv6 addresses (the port is --port)"
+            ) from None
+    return ips
 
 
 def _with_forwarding(zone: Zone, opts: dict[str, Any]) -> Zone:
@@ -549,11 +545,11 @@ def flush(control_socket: str, name: str | None, suffix: str | None, qtype: str 
 
 
 @main.command()
-@click.option("--local-ip", default="169.254.20.10", show_default=True, metavar="IP",
+@click.option("--local-ip", default=DEFAULT_LOCAL_IP, show_default=True, metavar="IP",
               help="The node-local address pods will ask (link-local, the same on every node).")
 @click.option("--dns-server", required=True, metavar="IP",
               help="The kube-dns ClusterIP (kubectl -n kube-system get svc kube-dns -o jsonpath={.spec.clusterIP}).")
-@click.option("--domain", default="cluster.local", show_default=True, help="The cluster's DNS domain.")
+@click.option("--domain", default=DEFAULT_CLUSTER_DOMAIN, show_default=True, help="The cluster's DNS domain.")
 @click.option("--ipvs", is_flag=True, default=False,
               help="kube-proxy in IPVS mode: serve the local IP only; kubelet must then point pods at it.")
 @click.option("--image", default=None, metavar="REF",

@@ -32,8 +32,6 @@ PILLAR_IMAGE = "__PILLAR__IMAGE__"
 PILLAR_CLUSTER_DNS = "__PILLAR__CLUSTER__DNS__"  # left to the agent in iptables mode
 RENDERED_PILLARS = (PILLAR_LOCAL_DNS, PILLAR_DNS_SERVER, PILLAR_DNS_DOMAIN, PILLAR_IMAGE)  # all four, always
 
-DEFAULT_LOCAL_IP = "169.254.20.10"
-DEFAULT_DOMAIN = "cluster.local"
 DEFAULT_IMAGE = f"nodecache:{__version__}"  # the tag `make image` builds; push it where the nodes can pull it
 
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
