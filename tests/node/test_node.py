@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -86,13 +87,18 @@ def test_2_the_cache_is_in_the_path(k8s: Node) -> None:
 # 3 ---------------------------------------------------------------------------------------------
 
 
-def _heal_time(k8s: Node, done: object) -> float:
+def _until(check: Callable[[], object], within: float, step: float = 0.1, what: Callable[[], str] = str) -> float:
+    """Seconds until `check()` holds; fails the test (saying `what()`) after `within`."""
     start = time.monotonic()
-    while not done():  # type: ignore[operator]
-        if time.monotonic() - start > HEAL_WITHIN:
-            pytest.fail(f"not healed within {HEAL_WITHIN} s; interface now: {k8s.link()}")
-        time.sleep(0.005)
+    while not check():
+        if time.monotonic() - start > within:
+            pytest.fail(f"not within {within} s {what()}")
+        time.sleep(step)
     return time.monotonic() - start
+
+
+def _heal_time(k8s: Node, done: Callable[[], object]) -> float:
+    return _until(done, HEAL_WITHIN, 0.005, lambda: f"(healed); interface now: {k8s.link()}")
 
 
 def test_3_a_deleted_address_or_link_is_back_within_a_second(k8s: Node) -> None:
@@ -147,15 +153,6 @@ def test_4b_no_setup_flags_leave_the_node_to_others(k8s: Node) -> None:
 
 
 # 5 ---------------------------------------------------------------------------------------------
-
-
-def _until(check: object, within: float) -> float:
-    start = time.monotonic()
-    while not check():  # type: ignore[operator]
-        if time.monotonic() - start > within:
-            pytest.fail(f"not within {within} s")
-        time.sleep(0.1)
-    return time.monotonic() - start
 
 
 def test_5_fail_open_when_the_agent_is_killed_and_back_to_the_cache_when_it_returns(k8s: Node) -> None:
