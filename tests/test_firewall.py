@@ -198,11 +198,7 @@ BACKEND_TOOLS = {"nft": "iptables-nft-restore", "legacy": "iptables-legacy-resto
 
 @pytest.fixture
 def node() -> Iterator[str]:
-    reason = ns.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with ns.namespace("nc-fw") as name:
-        yield name
+    yield from ns.namespace_or_skip("nc-fw")
 
 
 @pytest.fixture(params=sorted(BACKEND_TOOLS))

@@ -58,11 +58,7 @@ def test_loopback_addresses_are_never_put_on_the_interface() -> None:
 
 @pytest.fixture
 def node() -> Iterator[str]:
-    reason = ns.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with ns.namespace("nc-if") as name:
-        yield name
+    yield from ns.namespace_or_skip("nc-if")
 
 
 def _link(node: str, name: str = NAME) -> dict[str, Any] | None:

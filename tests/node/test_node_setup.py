@@ -52,11 +52,7 @@ async def test_a_test_config_touches_nothing_on_the_host() -> None:
 
 @pytest.fixture
 def node() -> Iterator[str]:
-    reason = ns.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with ns.namespace("nc-setup") as name:
-        yield name
+    yield from ns.namespace_or_skip("nc-setup")
 
 
 def _config(**kw: object) -> Config:

@@ -86,6 +86,17 @@ def namespace(prefix: str) -> Iterator[str]:
 _created_etc_netns = False
 
 
+def namespace_or_skip(prefix: str) -> Iterator[str]:
+    """A pytest fixture body: a fresh namespace, or a skip that says why there can be none."""
+    import pytest
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with namespace(prefix) as name:
+        yield name
+
+
 def write_etc(name: str, filename: str, text: str) -> Path:
     """A file `ip netns exec NAME` shows at /etc/FILENAME (e.g. a pod's resolv.conf)."""
     global _created_etc_netns
