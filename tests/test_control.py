@@ -45,10 +45,54 @@ def query(name: str, qtype: str = "A", qid: int = 1) -> bytes:
 
 
 def nodecache(*args: str, user: int | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user is not None else []
+    if user is not None:
+        return _as_user(list(args), user, timeout)
     env = {k: v for k, v in os.environ.items() if not k.startswith("NODECACHE_")}
-    return subprocess.run([*prefix, sys.executable, "-m", "nodecache", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "nodecache", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)  # fmt: skip
+
+
+def _as_user(args: list[str], user: int, timeout: float) -> subprocess.CompletedProcess[str]:
+    """The CLI run as another user, in a forked child that already has nodecache imported.
+
+    A new process as that user would have to read the checkout and its venv, which a
+    private clone (a 0700 temporary directory, say) does not let it do.
+    """
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 99
+        try:
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)  # noqa: SIM115
+            os.setgroups([])
+            os.setgid(user)
+            os.setuid(user)
+            from nodecache.cli import main
+
+            try:
+                main.main(args=args, prog_name="nodecache")
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(out_w)
+    os.close(err_w)
+    deadline = time.monotonic() + timeout
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            done = os.waitpid(pid, 0)
+            break
+        time.sleep(0.02)
+    with open(out_r, errors="replace") as out, open(err_r, errors="replace") as err:
+        stdout, stderr = out.read(), err.read()
+    return subprocess.CompletedProcess(args, os.waitstatus_to_exitcode(done[1]), stdout, stderr)
 
 
 def short_dir() -> str:
@@ -355,8 +399,6 @@ def test_a_stale_socket_and_a_plain_file_are_told_apart() -> None:
 
 def test_permission_denied_says_so(agent: Agent) -> None:
     if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("setpriv (util-linux) is needed to run the client as another user")
         done = nodecache("stats", "--control-socket", agent.sock, user=NOBODY)
     else:
         os.chmod(agent.sock, 0)  # even its owner may not connect now
@@ -365,8 +407,8 @@ def test_permission_denied_says_so(agent: Agent) -> None:
 
 
 def test_the_agent_refuses_other_users_even_if_the_socket_mode_is_loosened(agent: Agent) -> None:
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to connect as another user")
+    if os.geteuid() != 0:
+        pytest.skip("needs root to connect as another user")
     os.chmod(os.path.dirname(agent.sock), 0o755)
     os.chmod(agent.sock, 0o666)
     done = nodecache("flush", "--control-socket", agent.sock, user=NOBODY)
