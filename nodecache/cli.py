@@ -20,6 +20,7 @@ import click
 
 from nodecache import __version__
 from nodecache.config import (
+    DEFAULT_ANSWER_DEADLINE,
     DEFAULT_CAPACITY,
     DEFAULT_CLUSTER_DENIAL_TTL,
     DEFAULT_CLUSTER_DOMAIN,
@@ -30,11 +31,15 @@ from nodecache.config import (
     DEFAULT_LAMEDUCK,
     DEFAULT_LOCAL_IP,
     DEFAULT_MAX_UDP_PAYLOAD,
+    DEFAULT_MAX_WAITING,
+    DEFAULT_MAX_WAITING_PER_NAME,
     DEFAULT_METRICS_ADDRESS,
     DEFAULT_OTHER_TTL,
     DEFAULT_QUERY_LOG_SAMPLE,
     DEFAULT_RESOLV_CONF,
     DEFAULT_SERVFAIL_TTL,
+    DEFAULT_STALE_MODE,
+    DEFAULT_STALE_WINDOW,
     DEFAULT_SYNC_INTERVAL,
     DEFAULT_TCP_IDLE_TIMEOUT,
     DEFAULT_TIMEOUT,
@@ -43,6 +48,7 @@ from nodecache.config import (
     IPTABLES_BACKENDS,
     LOOPS,
     POLICIES,
+    STALE_MODES,
     Address,
     CachePolicy,
     Config,
@@ -64,6 +70,23 @@ def _option(name: str, *aliases: str, **kw: Any) -> Callable[[Any], Any]:
     """A click option with its NODECACHE_ variable (named after its first name) and its default shown."""
     env = "NODECACHE_" + name.split("/")[0].lstrip("-").replace("-", "_").upper()
     return click.option(name, *aliases, envvar=env, show_envvar=True, show_default=True, **kw)
+
+
+class Duration(click.ParamType):
+    """Seconds, written 90, 90s, 15m or 1h (whole seconds: cache lifetimes are whole seconds)."""
+
+    name = "duration"
+    UNITS = {"s": 1, "m": 60, "h": 3600}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        unit = self.UNITS.get(text[-1:], 0)
+        number = text[:-1] if unit else text
+        if not (number.isascii() and number.isdigit()):
+            self.fail(f"{value!r} is not a duration; write seconds, or 90s, 15m, 1h", param, ctx)
+        return int(number) * (unit or 1)
 
 
 def _split(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -121,10 +144,22 @@ def main() -> None:
          help="Longest time (s) any answer is cached for in-addr.arpa, ip6.arpa and other names.")
 @_option("--servfail-ttl", type=click.IntRange(0, 300), default=DEFAULT_SERVFAIL_TTL,
          help="How long (s) an upstream SERVFAIL is cached; it never replaces a valid answer.")
+@_option("--serve-stale", type=Duration(), default=DEFAULT_STALE_WINDOW, metavar="DURATION",
+         help="How long an expired answer is kept to be served (TTL 30) when its refresh fails or misses the "
+              "answer deadline (RFC 8767); 0 turns serve-stale off. With --config it overrides the Corefile.")
+@_option("--serve-stale-mode", type=click.Choice(STALE_MODES), default=DEFAULT_STALE_MODE,
+         help="verify: ask upstream first, serve stale only when that fails or is too slow; immediate: answer "
+              "stale at once and refresh in the background (CoreDNS's serve_stale modes).")
+@_option("--answer-deadline", type=click.FloatRange(0.05), default=DEFAULT_ANSWER_DEADLINE, metavar="SECONDS",
+         help="Every query is answered within this time of its arrival: fresh, stale, or SERVFAIL.")
+@_option("--max-waiting", type=click.IntRange(1), default=DEFAULT_MAX_WAITING, metavar="N",
+         help="Clients waiting on upstream answers at once, in total; beyond it SERVFAIL at once (counted).")
+@_option("--max-waiting-per-name", type=click.IntRange(1), default=DEFAULT_MAX_WAITING_PER_NAME, metavar="N",
+         help="Clients waiting on the same name and type at once; beyond it SERVFAIL at once (counted).")
 @_option("--policy", type=click.Choice(POLICIES), default="random",
          help="Order in which several upstreams of a zone are tried.")
 @_option("--try-timeout", type=click.FloatRange(0.01), default=DEFAULT_TRY_TIMEOUT,
-         help="Seconds to wait for one upstream before trying the next.")
+         help="Longest wait (s) for one upstream try; a try silent for a few round-trip times is retried earlier.")
 @_option("--timeout", type=click.FloatRange(0.01), default=DEFAULT_TIMEOUT,
          help="Seconds before a query that no upstream answered gets SERVFAIL.")
 @_option("--tcp-idle-timeout", type=click.FloatRange(0.1), default=DEFAULT_TCP_IDLE_TIMEOUT,
@@ -223,6 +258,8 @@ def build_config(opts: dict[str, Any], explicit: frozenset[str] = frozenset()) -
         success_capacity=opts["success_capacity"],
         denial_capacity=opts["denial_capacity"],
         servfail_ttl=opts["servfail_ttl"],
+        stale_window=opts["serve_stale"],
+        stale_mode=opts["serve_stale_mode"],
     )
     cluster_cache = CachePolicy(
         success_max_ttl=opts["cluster_success_ttl"], denial_max_ttl=opts["cluster_denial_ttl"], **common
@@ -237,6 +274,7 @@ def build_config(opts: dict[str, Any], explicit: frozenset[str] = frozenset()) -
         tcp_idle_timeout=opts["tcp_idle_timeout"],
         max_udp_payload=opts["max_udp_payload"],
         loop=opts["loop"],
+        **_miss_limits(opts),
         control_socket=_unless_off(opts["control_socket"]),
         metrics_address=_http_address("--metrics-address", opts["metrics_address"]),
         health_address=_http_address("--health-address", opts["health_address"] or _default_health(listen)),
@@ -333,6 +371,8 @@ def corefile_config(opts: dict[str, Any], explicit: frozenset[str] = frozenset()
     query_log = opts["query_log"] if "query_log" in explicit else any(b.log for b in parsed.blocks)
     return dataclasses.replace(
         config,
+        zones=_stale_overridden(config.zones, opts, explicit),
+        **_miss_limits(opts),
         reload_interval=parsed.reload.interval if parsed.reload else 0.0,
         loop_zones=tuple(k.zone for b in parsed.blocks if b.loop for k in b.keys),
         metrics_address=metrics or None,
@@ -348,6 +388,28 @@ def corefile_config(opts: dict[str, Any], explicit: frozenset[str] = frozenset()
         sync_interval=opts["sync_interval"],
         skip_teardown=opts["skip_teardown"],
         iptables_backend=opts["iptables_backend"],
+    )
+
+
+def _miss_limits(opts: dict[str, Any]) -> dict[str, Any]:
+    """The answer deadline and the waiting caps: flags only, the Corefile has no word for them."""
+    return dict(
+        answer_deadline=opts["answer_deadline"],
+        max_waiting=opts["max_waiting"],
+        max_waiting_per_name=opts["max_waiting_per_name"],
+    )
+
+
+def _stale_overridden(zones: tuple[Zone, ...], opts: dict[str, Any], explicit: frozenset[str]) -> tuple[Zone, ...]:
+    """--serve-stale / --serve-stale-mode, when given, win over the Corefile in every zone that caches."""
+    change = {field: opts[flag] for flag, field in (("serve_stale", "stale_window"), ("serve_stale_mode", "stale_mode"))
+              if flag in explicit}  # fmt: skip
+    if not change:
+        return zones
+    return tuple(
+        dataclasses.replace(z, cache=dataclasses.replace(z.cache, **change))
+        if z.cache.success_capacity or z.cache.denial_capacity else z
+        for z in zones
     )
 
 

@@ -25,8 +25,24 @@ DEFAULT_CLUSTER_SUCCESS_TTL = 30
 DEFAULT_CLUSTER_DENIAL_TTL = 5
 DEFAULT_OTHER_TTL = 30
 DEFAULT_SERVFAIL_TTL = 5  # CoreDNS caps cached SERVFAIL at 5 s
-DEFAULT_STALE_WINDOW = 0  # serve-stale is off until its own issue lands
+# Serve-stale (RFC 8767) is on by default, unlike node-local-dns: an expired
+# answer stays an hour (CoreDNS's serve_stale default) and is served, with TTL
+# 30, when its refresh fails or misses the answer deadline.
+DEFAULT_STALE_WINDOW = 3600
 STALE_REPLY_TTL = 30  # RFC 8767 section 4
+# CoreDNS's serve_stale modes: "verify" asks upstream first and serves stale
+# only when that fails (ours: or misses the answer deadline); "immediate"
+# answers stale at once and refreshes in the background.
+STALE_MODES = ("verify", "immediate")
+DEFAULT_STALE_MODE = "verify"
+# Every client query is answered within this many seconds of its arrival:
+# fresh, stale or SERVFAIL (RFC 8767's client response timer). Clients give up
+# at 5 s (glibc's default), so an answer after that helps nobody.
+DEFAULT_ANSWER_DEADLINE = 1.8
+# Clients waiting on misses, in total and for one name; beyond them SERVFAIL
+# at once. A waiter costs a few hundred bytes, so the total stays in single MiB.
+DEFAULT_MAX_WAITING = 10_000
+DEFAULT_MAX_WAITING_PER_NAME = 1_000
 
 # Forwarding, as CoreDNS's forward plugin.
 DEFAULT_TRY_TIMEOUT = 2.0
@@ -133,11 +149,14 @@ class CachePolicy:
     denial_min_ttl: int = 0
     servfail_ttl: int = DEFAULT_SERVFAIL_TTL
     stale_window: int = DEFAULT_STALE_WINDOW
+    stale_mode: str = DEFAULT_STALE_MODE
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
-            if value < 0:
+            if isinstance(value, int) and value < 0:
                 raise ConfigError(f"cache {name.replace('_', ' ')} must not be negative")
+        if self.stale_mode not in STALE_MODES:
+            raise ConfigError(f"serve_stale mode {self.stale_mode!r} is unknown; use one of {', '.join(STALE_MODES)}")
         if self.success_min_ttl > self.success_max_ttl or self.denial_min_ttl > self.denial_max_ttl:
             raise ConfigError("a cache minimum TTL cannot exceed its maximum TTL")
 
@@ -166,6 +185,10 @@ class Config:
     tcp_idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT
     max_udp_payload: int = DEFAULT_MAX_UDP_PAYLOAD
     loop: str = "auto"
+    # Misses (resolver.py): the answer deadline and the caps on clients waiting.
+    answer_deadline: float = DEFAULT_ANSWER_DEADLINE
+    max_waiting: int = DEFAULT_MAX_WAITING
+    max_waiting_per_name: int = DEFAULT_MAX_WAITING_PER_NAME
     # Node integration (netif.py, firewall.py). Off unless asked for: a Config
     # built in a test must never touch the host's interfaces or iptables.
     setup_interface: bool = False
@@ -214,6 +237,10 @@ class Config:
             raise ConfigError("the query log sample rate must be above 0 and at most 1 (1 logs every query)")
         if self.lameduck < 0:
             raise ConfigError("the lameduck delay cannot be negative")
+        if self.answer_deadline <= 0:
+            raise ConfigError("the answer deadline must be a positive number of seconds (default 1.8)")
+        if self.max_waiting < 1 or self.max_waiting_per_name < 1:
+            raise ConfigError("the caps on waiting queries must be at least 1")
 
 
 def check_interface_name(name: str) -> str:

@@ -1039,7 +1039,7 @@ def coredns_capacity(requested: int) -> int:
     return max(requested // COREDNS_CACHE_SHARDS, COREDNS_CACHE_MIN_SHARD) * COREDNS_CACHE_SHARDS
 
 
-NO_CACHE = CachePolicy(success_capacity=0, denial_capacity=0, servfail_ttl=0)  # a block without `cache`
+NO_CACHE = CachePolicy(success_capacity=0, denial_capacity=0, servfail_ttl=0, stale_window=0)  # a block without `cache`
 
 
 def cache_policy(spec: CacheSpec, success: bool = True, denial: bool = True) -> CachePolicy:
@@ -1048,7 +1048,9 @@ def cache_policy(spec: CacheSpec, success: bool = True, denial: bool = True) -> 
     A minimum TTL above the maximum yields to the maximum, as CoreDNS clamps.
     Disabling denial also stops SERVFAIL caching: CoreDNS keeps both in one cache.
     """
+    # Without `serve_stale` the agent's default applies (on, verify): nodecache serves stale by default.
     stale = int(spec.serve_stale.duration) if spec.serve_stale else CachePolicy.stale_window
+    mode = spec.serve_stale.refresh_mode if spec.serve_stale else CachePolicy.stale_mode
     return CachePolicy(
         success_capacity=coredns_capacity(spec.success_capacity) if success else 0,
         success_max_ttl=spec.success_max_ttl,
@@ -1058,6 +1060,7 @@ def cache_policy(spec: CacheSpec, success: bool = True, denial: bool = True) -> 
         denial_min_ttl=min(spec.denial_min_ttl, spec.denial_max_ttl),
         servfail_ttl=int(spec.servfail_ttl) if denial else 0,
         stale_window=stale,
+        stale_mode=mode,
     )
 
 
@@ -1248,7 +1251,7 @@ def check_config_table(config: Config) -> str:
                 _cache_cell(c.success_capacity, c.success_min_ttl, c.success_max_ttl),
                 _cache_cell(c.denial_capacity, c.denial_min_ttl, c.denial_max_ttl),
                 f"{c.servfail_ttl}s" if c.servfail_ttl and c.denial_capacity else "off",
-                f"{c.stale_window}s" if c.stale_window else "off",
+                f"{c.stale_window}s {c.stale_mode}" if c.stale_window else "off",
                 _prefetch_cell(c),
             )
         )

@@ -5,22 +5,33 @@ policies random / round_robin / sequential, healthy servers first, a server
 marked down after `max_fails` consecutive failures and probed back, a per-try
 timeout inside an overall deadline, and REFUSED once `max_concurrent`
 queries are already in flight (memory stays bounded when upstreams stall).
+
+Where we differ: a try that stays silent past its server's retransmission
+timer (a few smoothed round trips, see upstream.RttEstimator) is not waited
+out. Another try goes to the next server (or the same one on a fresh socket
+or another TCP connection) while the first stays open, and whichever answers
+first wins. A lost datagram, or a TCP connection whose server sits on a
+reply, then costs one round-trip timer rather than the whole try timeout.
+A try only counts as a failure of its server when it errs or reaches the
+full try timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
-import time
+from typing import Any
 
 from nodecache import wire
 from nodecache.config import UPSTREAM_UDP_PAYLOAD, ForwardPolicy
 from nodecache.errors import UpstreamError
-from nodecache.upstream import Build, Check, Upstream
+from nodecache.upstream import Answer, Build, Check, Upstream
 
 log = logging.getLogger(__name__)
 
 MAX_TRIES = 8  # upper bound on tries per query, whatever the deadline allows
+MAX_OPEN_TRIES = 3  # tries of one query waiting at once (the first ones stay open while later ones go out)
 
 
 class Overloaded(UpstreamError):
@@ -78,31 +89,66 @@ class Forwarder:
         finally:
             self.inflight -= 1
 
+    @property
+    def unreachable(self) -> bool:
+        """Every server queries may go to is marked down: answer from the cache or fail at once."""
+        return bool(self.active) and all(u.down for u in self.active)
+
     async def _try_in_turn(self, build: Build, check: Check) -> tuple[bytes, wire.ReplyScan, Upstream]:
+        """Send tries until one gives a usable reply, keeping earlier tries open (see the module notes)."""
         p = self.policy
-        deadline = time.monotonic() + p.timeout
-        errors: list[str] = []
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        end = now + p.timeout
         order = self.order()
-        for attempt in range(MAX_TRIES):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0.001:
-                break
-            up = order[attempt % len(order)]
-            up.queries += 1
-            started = time.monotonic()
-            try:
-                msg, scan = await up.query(build, check, p.force_tcp, min(p.try_timeout, remaining))
-                if scan.flags & (wire.TC << 8) and not p.force_tcp:
-                    # Truncated over UDP: the same server over TCP gives the whole answer.
-                    remaining = deadline - time.monotonic()
-                    msg, scan = await up.query(build, check, True, max(min(p.try_timeout, remaining), 0.001))
-            except UpstreamError as exc:
-                up.failed()
-                errors.append(str(exc))
-                log.debug("try %d failed: %s", attempt + 1, exc)
-                continue
-            up.succeeded(time.monotonic() - started, scan.rcode)
-            return msg, scan, up
+        tries: dict[asyncio.Future[Answer], tuple[Upstream, float, bool]] = {}  # -> (server, sent at, over TCP)
+        used: set[Any] = set()  # TCP connections this query went out on: a retry takes another one
+        errors: list[str] = []
+        sent = 0
+        next_try = now
+        try:
+            while True:
+                if now >= next_try and sent < MAX_TRIES and now < end and len(tries) < MAX_OPEN_TRIES:
+                    up = order[sent % len(order)]
+                    if tries:
+                        up.retries += 1
+                    sent += 1
+                    up.queries += 1
+                    tries[up.start(build, check, p.force_tcp, used)] = (up, now, p.force_tcp)
+                    next_try = now + up.rtt.timeout(p.try_timeout)
+                if not tries:
+                    break
+                wake = min(end, *(t[1] + p.try_timeout for t in tries.values()))
+                if sent < MAX_TRIES and len(tries) < MAX_OPEN_TRIES:
+                    wake = min(wake, next_try)
+                done, _ = await asyncio.wait(tries, timeout=max(wake - now, 0.0), return_when=asyncio.FIRST_COMPLETED)
+                now = loop.time()
+                for fut in done:
+                    up, started, tcp = tries.pop(fut)
+                    exc = fut.exception()
+                    if exc is not None:
+                        up.failed()
+                        errors.append(str(exc))
+                        next_try = now  # that one is over: the next goes out now
+                        continue
+                    msg, scan = fut.result()
+                    if scan.flags & (wire.TC << 8) and not tcp:
+                        # Truncated over UDP: the same server over TCP gives the whole answer.
+                        tries[up.start(build, check, True, used)] = (up, now, True)
+                        continue
+                    up.succeeded(now - started, scan.rcode)
+                    return msg, scan, up
+                for fut, (up, started, _tcp) in list(tries.items()):
+                    if now >= started + p.try_timeout or now >= end:
+                        del tries[fut]
+                        fut.cancel()
+                        up.failed()
+                        errors.append(f"{up.address} did not answer within {min(p.try_timeout, now - started):.2g}s")
+                if now >= end:
+                    break
+        finally:
+            for fut in tries:
+                fut.cancel()
         raise UpstreamError("; ".join(dict.fromkeys(errors)) or "no time left to ask an upstream")
 
     def exclude(self, up: Upstream) -> None:

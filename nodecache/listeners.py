@@ -96,33 +96,13 @@ def _set_freebind(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
 
 
-class Tasks:
-    """Tasks started for cache misses, kept so shutdown can wait for them."""
-
-    def __init__(self) -> None:
-        self.running: set[asyncio.Task[Any]] = set()
-
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self.running.add(task)
-        task.add_done_callback(self.running.discard)
-
-    async def drain(self, timeout: float) -> None:
-        """Let in-flight misses finish (bounded), then cancel what is left."""
-        if self.running:
-            _done, pending = await asyncio.wait(set(self.running), timeout=timeout)
-            for task in pending:
-                task.cancel()
-
-
 class UdpListener(asyncio.DatagramProtocol):
-    """Answers datagrams; hits inline, misses in a task."""
+    """Answers datagrams; hits inline, misses through Resolver.submit."""
 
-    def __init__(self, resolver: Resolver, tasks: Tasks) -> None:
+    def __init__(self, resolver: Resolver) -> None:
         self.resolver = resolver
         self.answer = resolver.answer
-        self.resolve = resolver.resolve
-        self.tasks = tasks
+        self.submit = resolver.submit
         self.transport: asyncio.DatagramTransport | None = None
         self.via = VIA_UDP4
         self.activity = resolver.activity
@@ -143,7 +123,7 @@ class UdpListener(asyncio.DatagramProtocol):
         if r.__class__ is bytes:
             self.transport.sendto(r, addr)  # type: ignore[union-attr]
         elif r is not None:
-            self.tasks.spawn(self._miss(data, r, addr))  # type: ignore[arg-type]
+            self.submit(data, r, self.via, self._deliver, addr)  # type: ignore[arg-type]
 
     def _sampled(self, data: bytes, addr: Any) -> None:
         """The same as datagram_received, timed, and counted for the top-N tables."""
@@ -155,11 +135,11 @@ class UdpListener(asyncio.DatagramProtocol):
             self.transport.sendto(r, addr)  # type: ignore[union-attr]
             activity.hit_took(time.perf_counter() - started)
         elif r is not None:
-            self.tasks.spawn(self._miss(data, r, addr))  # type: ignore[arg-type]
+            self.submit(data, r, self.via, self._deliver, addr)  # type: ignore[arg-type]
         activity.sample(_lname(data), addr[0] if isinstance(addr, tuple) else None)
 
-    async def _miss(self, data: bytes, q: wire.Query, addr: Any) -> None:
-        reply = await self.resolve(data, q, self.via)
+    def _deliver(self, addr: Any, reply: bytes, _outcome: str) -> None:
+        """A miss's answer (Resolver.submit); the socket may have closed meanwhile."""
         if self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(reply, addr)
 
@@ -178,15 +158,14 @@ class UdpListener(asyncio.DatagramProtocol):
             if ql is not None and ql.wants(r):  # type: ignore[arg-type]
                 ql.record(addr, data, r, _outcome(r), "udp", took)  # type: ignore[arg-type]
         elif r is not None:
-            self.tasks.spawn(self._miss_logged(data, r, addr, started))  # type: ignore[arg-type]
+            self.submit(data, r, self.via, self._deliver_logged, (addr, data, started))  # type: ignore[arg-type]
         if sampled:
             self.countdown = self.activity.countdown()
             self.activity.sample(_lname(data), addr[0] if isinstance(addr, tuple) else None)
 
-    async def _miss_logged(self, data: bytes, q: wire.Query, addr: Any, started: float) -> None:
-        reply, outcome = await self.resolver.resolve_traced(data, q, self.via)
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(reply, addr)
+    def _deliver_logged(self, token: tuple[Any, bytes, float], reply: bytes, outcome: str) -> None:
+        addr, data, started = token
+        self._deliver(addr, reply, outcome)
         ql = self.query_log
         if ql is not None and ql.wants(reply):
             ql.record(addr, data, reply, outcome, "udp", time.perf_counter() - started)
@@ -203,12 +182,11 @@ class TcpConnection(FramedConnection):
     `idle` seconds with no query and nothing outstanding.
     """
 
-    def __init__(self, resolver: Resolver, tasks: Tasks, idle: float) -> None:
+    def __init__(self, resolver: Resolver, idle: float) -> None:
         super().__init__(idle)
         self.resolver = resolver
         self.answer = resolver.answer
-        self.resolve = resolver.resolve
-        self.tasks = tasks
+        self.submit = resolver.submit
         self.outstanding = 0
         self.paused = False
         self.via = VIA_TCP4
@@ -237,7 +215,7 @@ class TcpConnection(FramedConnection):
                 self._send(r)  # type: ignore[arg-type]
             elif r is not None:
                 self.outstanding += 1
-                self.tasks.spawn(self._miss(msg, r))  # type: ignore[arg-type]
+                self.submit(msg, r, self.via, self._deliver, None)  # type: ignore[arg-type]
         if self.outstanding >= MAX_PIPELINED and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
@@ -263,23 +241,20 @@ class TcpConnection(FramedConnection):
                 ql.record(self.peer, msg, r, _outcome(r), "tcp", time.perf_counter() - started)  # type: ignore[arg-type]
         elif r is not None:
             self.outstanding += 1
-            self.tasks.spawn(self._miss(msg, r, started))  # type: ignore[arg-type]
+            token = (msg, started) if self.query_log is not None else None
+            self.submit(msg, r, self.via, self._deliver, token)  # type: ignore[arg-type]
 
-    async def _miss(self, msg: bytes, q: wire.Query, started: float = 0.0) -> None:
-        try:
-            ql = self.query_log
-            if ql is None:
-                self._send(await self.resolve(msg, q, self.via))
-                return
-            reply, outcome = await self.resolver.resolve_traced(msg, q, self.via)
-            self._send(reply)
-            if ql.wants(reply):
-                ql.record(self.peer, msg, reply, outcome, "tcp", time.perf_counter() - started)
-        finally:
-            self.outstanding -= 1
-            if self.paused and self.outstanding < MAX_PIPELINED // 2 and self.transport is not None:
-                self.paused = False
-                self.transport.resume_reading()
+    def _deliver(self, token: tuple[bytes, float] | None, reply: bytes, outcome: str) -> None:
+        """A miss's answer (Resolver.submit): write it, log it when the query log is on, resume reading."""
+        self._send(reply)
+        ql = self.query_log
+        if token is not None and ql is not None and ql.wants(reply):
+            msg, started = token
+            ql.record(self.peer, msg, reply, outcome, "tcp", time.perf_counter() - started)
+        self.outstanding -= 1
+        if self.paused and self.outstanding < MAX_PIPELINED // 2 and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

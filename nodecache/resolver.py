@@ -24,11 +24,13 @@ import logging
 import secrets
 import struct
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from nodecache import wire
-from nodecache.cache import Entry, ZoneCache
+from nodecache.cache import Entry, Kind, ZoneCache
 from nodecache.config import STALE_REPLY_TTL, UPSTREAM_UDP_PAYLOAD, CachePolicy, Config, Zone, name_to_wire
 from nodecache.counters import Activity, Histogram
 from nodecache.errors import UpstreamError
@@ -57,6 +59,15 @@ _LOOP_WIRE = bytes((len(LOOP_LABEL),)) + LOOP_LABEL.encode()
 LOOP_PROBE_TYPE = 13  # HINFO, as CoreDNS's loop plugin asks
 LOOP_PROBE_TIMEOUT = 2.0
 
+DEADLINE_SLACK = 0.002  # waiters due within this of a deadline timer are answered with it
+DRAIN_POLL = 0.01  # seconds between checks while shutdown waits for the last answers
+
+# How a listener gets a miss's answer: deliver(token, reply, outcome).
+Deliver = Callable[[Any, bytes, str], None]
+# A client waiting on a miss: (query bytes, Query, via, deadline on the resolver's clock,
+# deliver, token, perf_counter at arrival). A plain tuple: thousands may wait at once.
+Waiter = tuple[bytes, wire.Query, int, float, Deliver, Any, float]
+
 
 @dataclass(eq=False)
 class ZoneStats:
@@ -71,6 +82,9 @@ class ZoneStats:
     stale: int = 0
     servfail: int = 0
     overloaded: int = 0  # client queries answered REFUSED because max_concurrent was reached
+    deadline: int = 0  # client queries answered (stale or SERVFAIL) at the answer deadline
+    fast_failed: int = 0  # misses answered at once because every upstream was marked down
+    waiters_refused: int = 0  # SERVFAIL at once: too many clients already waiting (--max-waiting*)
     prefetches: int = 0  # refreshes started before expiry (prefetch is not implemented yet)
     rcodes: dict[int, int] = field(default_factory=dict)  # upstream replies by rcode
     requests: dict[int, int] = field(default_factory=dict)
@@ -78,6 +92,19 @@ class ZoneStats:
     duration: Histogram = field(default_factory=Histogram)  # misses, measured
     hit_seconds: float = 0.0  # hits' estimated time, added once a second (see Resolver.tick)
     hits_accounted: int = 0
+
+
+class Flight:
+    """One upstream query in flight for a cache key, and the clients waiting on it."""
+
+    __slots__ = ("zone", "key", "waiters", "timer", "task")
+
+    def __init__(self, zone: ZoneRuntime, q: wire.Query) -> None:
+        self.zone = zone
+        self.key = q.key
+        self.waiters: deque[Waiter] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[Entry] | None = None
 
 
 class ZoneRuntime:
@@ -112,6 +139,7 @@ class LocalAnswers:
     inflight = 0
     rejected = 0
     all_down = 0
+    unreachable = False
     upstreams: list[object] = []
 
     async def query(self, lname: bytes, qtc: bytes, do: bool, cd: bool) -> tuple[bytes, wire.ReplyScan, None]:
@@ -161,7 +189,11 @@ class Resolver:
         self._by_wire = {z.zone.wire: z for z in self.zones}
         self._by_wire[name_to_wire(LOCAL_ZONE)] = self.local
         self._memo: dict[bytes, ZoneRuntime | None] = {}
-        self._inflight: dict[bytes, asyncio.Task[Entry]] = {}
+        self._inflight: dict[bytes, Flight] = {}
+        self.waiting = 0  # clients waiting on misses, all keys
+        self._deadline = config.answer_deadline
+        self._max_waiting = config.max_waiting
+        self._max_per_name = config.max_waiting_per_name
         self.malformed = 0
         self.dropped = 0
         self.refused = 0  # names outside every zone
@@ -190,6 +222,9 @@ class Resolver:
         self._by_wire = by_wire
         self._memo = {}
         self._udp_cap = config.max_udp_payload
+        self._deadline = config.answer_deadline
+        self._max_waiting = config.max_waiting
+        self._max_per_name = config.max_waiting_per_name
         return list(old.values())
 
     def zone_for(self, lname: bytes) -> ZoneRuntime | None:
@@ -302,53 +337,128 @@ class Resolver:
         self.malformed += 1
         return wire.error_reply(data, exc.rcode, exc.qend, 0, False, self._udp_cap)
 
-    async def resolve(self, data: bytes, q: wire.Query, via: int) -> bytes:
-        """Answer a miss: one upstream query per key, however many clients wait."""
-        return (await self.resolve_traced(data, q, via))[0]
+    def submit(self, data: bytes, q: wire.Query, via: int, deliver: Deliver, token: Any) -> None:
+        """Answer a miss, later: `deliver(token, reply, outcome)` is called exactly once.
 
-    async def resolve_traced(self, data: bytes, q: wire.Query, via: int) -> tuple[bytes, str]:
-        """`resolve`, also saying how the answer came: miss, stale or refused (for the query log)."""
+        One upstream query per key however many clients wait (coalescing). No
+        Task per client: a waiter is one small tuple on its key's flight, and
+        one timer per flight answers waiters whose deadline passed with a stale
+        answer or SERVFAIL while the refresh goes on. `outcome` (miss, stale,
+        refused) is for the query log.
+        """
         started = time.perf_counter()
         zone = self.zone_for(q.lname)
-        assert zone is not None  # `answer` refused queries outside every zone
+        if zone is None:  # a reload removed its zone after `answer` saw it
+            self.refused += 1
+            deliver(token, wire.error_reply(data, wire.REFUSED, q.qend, q.edns, q.do, self._udp_cap), "refused")
+            return
         stats = zone.stats
         stats.misses += 1
         kind = (q.key[-5] << 8 | q.key[-4]) << 2 | via
         stats.requests[kind] = stats.requests.get(kind, 0) + 1
-        task = self._inflight.get(q.key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._fetch(zone, q))
-            self._inflight[q.key] = task
-            task.add_done_callback(functools.partial(self._landed, q.key))
+        flight = self._inflight.get(q.key)
+        if flight is None:
+            if zone.forwarder.unreachable:
+                # Every upstream is marked down and being probed: waiting would only burn the client's time.
+                stats.fast_failed += 1
+                zone.forwarder.all_down += 1
+                return self._fall_back(zone, (data, q, via, 0.0, deliver, token, started))
+            stale = zone.cache.policy.stale_mode == "immediate" and self._stale(zone, q.key)
+            flight = Flight(zone, q)
+            self._inflight[q.key] = flight
+            flight.task = asyncio.get_running_loop().create_task(self._fetch(zone, q))
+            flight.task.add_done_callback(functools.partial(self._landed, flight))
+            if stale:  # serve_stale immediate: answer now, the refresh just started goes on alone
+                return self._fall_back(zone, (data, q, via, 0.0, deliver, token, started))
         else:
             stats.coalesced += 1
-        limit = TCP_LIMIT if via & 1 else min(q.payload, self._udp_cap)
-        outcome, plugin = "miss", "forward"
-        try:
-            entry = await asyncio.shield(task)
-            reply = entry.reply(data, q.qend, q.edns, limit, self.clock())
-        except Overloaded:
-            stats.overloaded += 1
-            outcome, plugin = "refused", ""
-            reply = wire.error_reply(data, wire.REFUSED, q.qend, q.edns, q.do, self._udp_cap)
-        except UpstreamError:
-            stale = zone.cache.get(q.key)
-            if stale is not None and stale.kind is not None and self.clock() < stale.stale_until:
-                stats.stale += 1
-                outcome, plugin = "stale", "cache"
-                reply = stale.stale_reply(data, q.qend, q.edns, limit, STALE_REPLY_TTL)
-            else:
-                stats.servfail += 1
-                plugin = ""
-                reply = wire.error_reply(data, wire.SERVFAIL, q.qend, q.edns, q.do, self._udp_cap)
+        if self.waiting >= self._max_waiting or len(flight.waiters) >= self._max_per_name:
+            stats.waiters_refused += 1
+            self._finish(zone, (data, q, via, 0.0, deliver, token, started), self._servfail(data, q), "miss", "")
+            return
+        flight.waiters.append((data, q, via, self.clock() + self._deadline, deliver, token, started))
+        self.waiting += 1
+        if flight.timer is None:
+            flight.timer = asyncio.get_running_loop().call_later(self._deadline, self._deadline_passed, flight)
+
+    def _stale(self, zone: ZoneRuntime, key: bytes) -> Entry | None:
+        """The entry for `key` if it may be served stale now (expired, within its stale window)."""
+        entry = zone.cache.get(key)
+        if entry is not None and entry.kind is not None and entry.kind is not Kind.SERVFAIL:
+            if entry.expires <= self.clock() < entry.stale_until:
+                return entry
+        return None
+
+    def _servfail(self, data: bytes, q: wire.Query) -> bytes:
+        return wire.error_reply(data, wire.SERVFAIL, q.qend, q.edns, q.do, self._udp_cap)
+
+    def _finish(self, zone: ZoneRuntime, w: Waiter, reply: bytes, outcome: str, plugin: str) -> None:
+        """Count one answered miss and hand it to its listener."""
+        stats = zone.stats
         answered = (reply[3] & 0x0F, plugin)
         stats.responses[answered] = stats.responses.get(answered, 0) + 1
-        stats.duration.observe(time.perf_counter() - started)
-        return reply, outcome
+        stats.duration.observe(time.perf_counter() - w[6])
+        w[4](w[5], reply, outcome)
 
-    def _landed(self, key: bytes, _task: asyncio.Task[Entry]) -> None:
-        """An upstream answer arrived (or failed): the next miss asks again."""
-        self._inflight.pop(key, None)
+    def _fall_back(self, zone: ZoneRuntime, w: Waiter) -> None:
+        """No fresh answer in time: the stale one (RFC 8767) if there is one, else SERVFAIL."""
+        data, q, via = w[0], w[1], w[2]
+        stale = self._stale(zone, q.key)
+        if stale is not None:
+            zone.stats.stale += 1
+            limit = TCP_LIMIT if via & 1 else min(q.payload, self._udp_cap)
+            self._finish(zone, w, stale.stale_reply(data, q.qend, q.edns, limit, STALE_REPLY_TTL), "stale", "cache")
+            return
+        zone.stats.servfail += 1
+        self._finish(zone, w, self._servfail(data, q), "miss", "")
+
+    def _deadline_passed(self, flight: Flight) -> None:
+        """The oldest waiters reached the answer deadline: answer them from what we have."""
+        flight.timer = None
+        now = self.clock()
+        waiters = flight.waiters
+        while waiters and waiters[0][3] <= now + DEADLINE_SLACK:
+            self.waiting -= 1
+            flight.zone.stats.deadline += 1
+            self._fall_back(flight.zone, waiters.popleft())
+        if waiters:
+            delay = max(waiters[0][3] - now, 0.0)
+            flight.timer = asyncio.get_running_loop().call_later(delay, self._deadline_passed, flight)
+
+    def _landed(self, flight: Flight, task: asyncio.Task[Entry]) -> None:
+        """The upstream answered (or failed): answer every waiter; the next miss asks again."""
+        if self._inflight.get(flight.key) is flight:
+            del self._inflight[flight.key]
+        if flight.timer is not None:
+            flight.timer.cancel()
+        waiters, flight.waiters = flight.waiters, deque()
+        self.waiting -= len(waiters)
+        zone = flight.zone
+        if task.cancelled():
+            for w in waiters:
+                self._finish(zone, w, self._servfail(w[0], w[1]), "miss", "")
+            return
+        exc = task.exception()
+        if isinstance(exc, Overloaded):
+            zone.stats.overloaded += len(waiters)
+            for w in waiters:
+                q = w[1]
+                self._finish(zone, w, wire.error_reply(w[0], wire.REFUSED, q.qend, q.edns, q.do, self._udp_cap),
+                             "refused", "")  # fmt: skip
+            return
+        if exc is not None and not isinstance(exc, UpstreamError):
+            log.error("zone %s: resolving failed unexpectedly", zone.name, exc_info=exc)
+        if exc is not None or task.result().kind is Kind.SERVFAIL:
+            # No answer, or the upstream's SERVFAIL: a stale answer is better than either (RFC 8767).
+            for w in waiters:
+                self._fall_back(zone, w)
+            return
+        entry = task.result()
+        now = self.clock()
+        for w in waiters:
+            data, q, via = w[0], w[1], w[2]
+            limit = TCP_LIMIT if via & 1 else (q.payload if q.payload < self._udp_cap else self._udp_cap)
+            self._finish(zone, w, entry.reply(data, q.qend, q.edns, limit, now), "miss", "forward")
 
     async def _fetch(self, zone: ZoneRuntime, q: wire.Query) -> Entry:
         """Ask the zone's upstreams and store what they say (when cacheable)."""
@@ -362,6 +472,13 @@ class Resolver:
             raise
         zone.stats.rcodes[scan.rcode] = zone.stats.rcodes.get(scan.rcode, 0) + 1
         return zone.cache.store(q.key, scan, q.do, self._udp_cap)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (bounded) until every waiting client has its answer; at shutdown."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while self.waiting and loop.time() < end:
+            await asyncio.sleep(DRAIN_POLL)
 
     def purge(self) -> int:
         """Drop entries past their stale window in every zone."""
@@ -400,8 +517,9 @@ class Resolver:
     def close(self) -> None:
         for z in self.zones:
             z.forwarder.close()
-        for task in self._inflight.values():
-            task.cancel()
+        for flight in list(self._inflight.values()):
+            if flight.task is not None:
+                flight.task.cancel()
 
 
 def flush_match(name: str | None, suffix: str | None, qtype: int | None) -> Callable[[bytes], bool] | None:

@@ -20,7 +20,7 @@ from nodecache.control import ControlServer
 from nodecache.endpoints import ALL_ADDRESSES, TEXT, HttpEndpoint, Response, parse_address
 from nodecache.errors import ControlError, ListenError, NodecacheError
 from nodecache.health import Readiness
-from nodecache.listeners import Tasks, TcpConnection, UdpListener, make_socket
+from nodecache.listeners import TcpConnection, UdpListener, make_socket
 from nodecache.logs import QueryLog
 from nodecache.metrics import CONTENT_TYPE, AgentCollector, exposition, registry
 from nodecache.node import NodeSetup
@@ -54,7 +54,6 @@ class Server:
         self._listeners: dict[str, tuple[Any, Any]] = {}  # host -> (UDP transport, TCP server)
         self._loop_checks: set[asyncio.Task[None]] = set()
         self.resolver = Resolver(config)
-        self.tasks = Tasks()
         self.bound: list[tuple[str, int]] = []
         self._stop = asyncio.Event()
         self._closers: list[Any] = []
@@ -124,9 +123,9 @@ class Server:
         """UDP and TCP on one address; remembered by host so a reload can keep or close it."""
         loop = asyncio.get_running_loop()
         udp, tcp, port = self._bind_pair(host)
-        transport, _ = await loop.create_datagram_endpoint(lambda: UdpListener(self.resolver, self.tasks), sock=udp)
+        transport, _ = await loop.create_datagram_endpoint(lambda: UdpListener(self.resolver), sock=udp)
         server = await loop.create_server(
-            lambda: TcpConnection(self.resolver, self.tasks, self.config.tcp_idle_timeout), sock=tcp
+            lambda: TcpConnection(self.resolver, self.config.tcp_idle_timeout), sock=tcp
         )
         self._closers += [transport, server]
         self._listeners[host] = (transport, server)
@@ -395,8 +394,8 @@ class Server:
         # 3. No new queries: close the listening sockets.
         for closer in self._closers:
             closer.close()
-        # 4. Misses already being resolved get a bounded time to answer.
-        await self.tasks.drain(DRAIN_TIMEOUT)
+        # 4. Clients still waiting on misses get their answers (the answer deadline bounds the wait).
+        await self.resolver.drain(DRAIN_TIMEOUT)
         # 5. Operator endpoints, housekeeping and upstream connections go last.
         await self._close_endpoints()
         if self._housekeeping is not None:

@@ -9,16 +9,27 @@ keep waiting for the real answer until the try times out.
 TCP to the cluster DNS is persistent: queries are pipelined on a pool of
 connections (a few queries deep each, see PIPELINE_DEPTH), idle connections
 close after `expire` seconds.
+
+A try is a Future, not a coroutine (`Upstream.start`): the forwarder can keep
+an early try open while it sends another (hedging, see forwarder.py), and the
+common case (UDP, or TCP on an open connection) costs no Task. UDP replies are
+read by a reader callback on the try's own socket.
+
+Each server keeps a smoothed round-trip time (RFC 6298's estimator, as TCP
+does), so the forwarder can retry a silent try after a few RTTs instead of a
+fixed two seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import secrets
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from nodecache import wire
 from nodecache.config import Address
@@ -37,8 +48,39 @@ PIPELINE_DEPTH = 4
 MAX_MESSAGE = 65535
 HEALTH_QUERY = b"\x00" + b"\x00\x02\x00\x01"  # ". IN NS", as CoreDNS probes
 
+# Retransmission timer (RFC 6298 2.1-2.3): before the first answer a try is
+# retried after INITIAL_RTO; after it, after SRTT + 4 RTTVAR, never sooner
+# than MIN_RTO (a cluster DNS answers in well under a millisecond, but a node
+# resolver that recurses needs tens) and never later than the zone's try timeout.
+INITIAL_RTO = 1.0
+MIN_RTO = 0.1
+
 Check = Callable[[bytes], wire.ReplyScan]
 Build = Callable[[int], bytes]
+Answer = tuple[bytes, wire.ReplyScan]
+
+
+class RttEstimator:
+    """Smoothed round trip and its variation (RFC 6298 section 2), in seconds."""
+
+    __slots__ = ("srtt", "rttvar")
+
+    def __init__(self) -> None:
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+
+    def add(self, sample: float) -> None:
+        if self.srtt is None:
+            self.srtt, self.rttvar = sample, sample / 2
+            return
+        self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - sample)
+        self.srtt = 0.875 * self.srtt + 0.125 * sample
+
+    def timeout(self, cap: float) -> float:
+        """How long to wait for a try before sending another."""
+        if self.srtt is None:
+            return min(INITIAL_RTO, cap)
+        return min(max(self.srtt + 4 * self.rttvar, MIN_RTO), cap)
 
 
 class _TcpConnection(FramedConnection):
@@ -51,7 +93,7 @@ class _TcpConnection(FramedConnection):
 
     def __init__(self, expire: float) -> None:
         super().__init__(expire)
-        self.pending: dict[int, asyncio.Future[bytes]] = {}
+        self.pending: dict[int, tuple[asyncio.Future[Answer], Check]] = {}
         self.closed = False
 
     def busy(self) -> bool:
@@ -62,28 +104,44 @@ class _TcpConnection(FramedConnection):
 
     def data_received(self, data: bytes) -> None:
         for msg in self.frames(data):
-            fut = self.pending.pop(wire.reply_id(msg), None)
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
+            waiting = self.pending.pop(wire.reply_id(msg), None)
+            if waiting is None or waiting[0].done():
+                continue  # a try given up on, or an ID we never sent
+            fut, check = waiting
+            try:
+                fut.set_result((msg, check(msg)))
+            except wire.Malformed as exc:
+                fut.set_exception(UpstreamError(f"unusable reply over TCP: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close()
 
-    def send(self, qid: int, query: bytes) -> asyncio.Future[bytes]:
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self.pending[qid] = fut
-        self.write_message(query)
+    def send(self, build: Build, check: Check) -> asyncio.Future[Answer]:
+        """Send one query on this connection; the future holds its checked reply."""
+        qid = secrets.randbits(16)
+        while qid in self.pending:
+            qid = secrets.randbits(16)
+        fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self.pending[qid] = (fut, check)
+        fut.add_done_callback(lambda _f: self._forget(qid, _f))
+        self.write_message(build(qid))
         self._arm()
         return fut
+
+    def _forget(self, qid: int, fut: asyncio.Future[Answer]) -> None:
+        """A try ended (answered, failed or given up): its ID may be reused."""
+        waiting = self.pending.get(qid)
+        if waiting is not None and waiting[0] is fut:
+            del self.pending[qid]
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        for fut in self.pending.values():
+        pending, self.pending = self.pending, {}
+        for fut, _check in pending.values():
             if not fut.done():
                 fut.set_exception(UpstreamError("upstream closed the TCP connection"))
-        self.pending.clear()
         self._disarm()
         if self.transport is not None:
             self.transport.close()
@@ -106,6 +164,8 @@ class Upstream:
         # p50/p99, and a histogram per rcode for the proxy duration metric.
         self.latencies = Latencies()
         self.durations: dict[int, Histogram] = {}
+        self.rtt = RttEstimator()
+        self.retries = 0  # tries sent because an earlier one stayed silent past the retransmission timer
         self._family = socket.AF_INET6 if address.family_v6 else socket.AF_INET
         self._conns: list[_TcpConnection] = []
         self._connecting: asyncio.Future[_TcpConnection] | None = None
@@ -122,6 +182,7 @@ class Upstream:
         """Record an answered query and its round trip; clears the failure streak."""
         self.fails = 0
         self.latencies.add(seconds)
+        self.rtt.add(seconds)
         hist = self.durations.get(rcode)
         if hist is None:
             hist = self.durations[rcode] = Histogram()
@@ -135,55 +196,99 @@ class Upstream:
             log.warning("upstream %s marked down after %d consecutive failures", self.address, self.fails)
             self._probe = asyncio.get_running_loop().create_task(self._probe_until_up())
 
-    async def query(self, build: Build, check: Check, tcp: bool, timeout: float) -> tuple[bytes, wire.ReplyScan]:
-        """One try: send the query built for a fresh ID, return the checked reply."""
+    async def query(self, build: Build, check: Check, tcp: bool, timeout: float) -> Answer:
+        """One try, waited for: health probes and loop probes use it; client queries go through `start`."""
+        fut = self.start(build, check, tcp)
         try:
             async with asyncio.timeout(timeout):
-                if tcp:
-                    return await self._tcp(build, check)
-                return await self._udp(build, check)
+                return await fut
         except TimeoutError:
             raise UpstreamError(f"{self.address} did not answer within {timeout:g}s") from None
-        except OSError as exc:
-            raise UpstreamError(f"{self.address}: {exc.strerror or exc}") from None
+        finally:
+            fut.cancel()  # no-op once done; otherwise frees the socket or the pipeline slot
 
-    async def _udp(self, build: Build, check: Check) -> tuple[bytes, wire.ReplyScan]:
+    def start(self, build: Build, check: Check, tcp: bool, avoid: Any = None) -> asyncio.Future[Answer]:
+        """Send one try; the future holds the checked reply, or an UpstreamError.
+
+        Cancelling the future abandons the try (its socket closes, its TCP slot
+        frees). `avoid`, a set, keeps this try off the TCP connections already
+        used for the same query, and gets this try's connection added.
+        """
+        if tcp:
+            conn = self._open_connection(avoid)
+            if conn is None:
+                return asyncio.ensure_future(self._tcp_new(build, check, avoid))
+            if avoid is not None:
+                avoid.add(conn)
+            return conn.send(build, check)
+        return self._udp(build, check)
+
+    def _udp(self, build: Build, check: Check) -> asyncio.Future[Answer]:
         loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Answer] = loop.create_future()
         qid = secrets.randbits(16)
-        with socket.socket(self._family, socket.SOCK_DGRAM) as sock:
+        sock = socket.socket(self._family, socket.SOCK_DGRAM)
+        try:
             sock.setblocking(False)
             sock.connect((self.address.host, self.address.port))
-            await loop.sock_sendall(sock, build(qid))
-            while True:  # ends by the caller's timeout
-                msg = await loop.sock_recv(sock, MAX_MESSAGE)
+            sock.send(build(qid))
+        except OSError as exc:
+            sock.close()
+            fut.set_exception(UpstreamError(f"{self.address}: {exc.strerror or exc}"))
+            return fut
+        fd = sock.fileno()
+
+        def readable() -> None:
+            while not fut.done():
+                try:
+                    msg = sock.recv(MAX_MESSAGE)
+                except BlockingIOError:
+                    return
+                except OSError as exc:  # ICMP port unreachable arrives as ECONNREFUSED
+                    why = "refused (nothing listens there)" if exc.errno == errno.ECONNREFUSED else exc.strerror
+                    fut.set_exception(UpstreamError(f"{self.address}: {why}"))
+                    return
                 if wire.reply_id(msg) != qid:
                     continue
                 try:
-                    return msg, check(msg)
+                    fut.set_result((msg, check(msg)))
                 except wire.Malformed:
                     continue  # not our answer: keep waiting for the real one
 
-    async def _tcp(self, build: Build, check: Check) -> tuple[bytes, wire.ReplyScan]:
-        conn = await self._connection()
-        qid = secrets.randbits(16)
-        while qid in conn.pending:
-            qid = secrets.randbits(16)
-        fut = conn.send(qid, build(qid))
-        try:
-            msg = await fut
-        finally:
-            conn.pending.pop(qid, None)
-        try:
-            return msg, check(msg)
-        except wire.Malformed as exc:
-            raise UpstreamError(f"{self.address} sent an unusable reply over TCP: {exc}") from None
+        def cleanup(_f: asyncio.Future[Answer]) -> None:
+            loop.remove_reader(fd)
+            sock.close()
 
-    async def _connection(self) -> _TcpConnection:
-        """The least busy open connection; a new one only when all are busy."""
+        loop.add_reader(fd, readable)
+        fut.add_done_callback(cleanup)
+        return fut
+
+    def _open_connection(self, avoid: Any) -> _TcpConnection | None:
+        """The least busy open connection not in `avoid`; None when a new one should open."""
         self._conns = [c for c in self._conns if not c.closed]
-        best = min(self._conns, key=lambda c: len(c.pending), default=None)
+        usable = [c for c in self._conns if avoid is None or c not in avoid]
+        best = min(usable, key=lambda c: len(c.pending), default=None)
         if best is not None and (len(best.pending) < PIPELINE_DEPTH or len(self._conns) >= MAX_TCP_CONNECTIONS):
             return best
+        if best is None and len(self._conns) >= MAX_TCP_CONNECTIONS:
+            return min(self._conns, key=lambda c: len(c.pending))
+        return None
+
+    async def _tcp_new(self, build: Build, check: Check, avoid: Any) -> Answer:
+        try:
+            conn = await self._connection()
+        except OSError as exc:
+            raise UpstreamError(f"{self.address}: {exc.strerror or exc}") from None
+        if avoid is not None:
+            avoid.add(conn)
+        fut = conn.send(build, check)
+        try:
+            return await fut
+        finally:
+            fut.cancel()
+
+    async def _connection(self) -> _TcpConnection:
+        """A new connection (one connect at a time per server; concurrent callers share it)."""
         if self._connecting is not None:
             return await asyncio.shield(self._connecting)
         self._connecting = asyncio.get_running_loop().create_future()

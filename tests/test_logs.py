@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from dnslib import DNSRecord
 
-from nodecache.listeners import Tasks, UdpListener
+from nodecache.listeners import UdpListener
 from nodecache.logs import JsonFormatter, QueryLog, TextFormatter, Throttle, setup
 from nodecache.resolver import Resolver
 from tests.conftest import AgentProcess, ask_udp, make_config, running
@@ -91,10 +91,10 @@ def test_query_log_sampling_and_errors_only() -> None:
 
 def test_without_the_query_log_the_hit_path_is_untouched() -> None:
     resolver = Resolver(make_config(["127.0.0.1:9"]))
-    plain = UdpListener(resolver, Tasks())
+    plain = UdpListener(resolver)
     assert "datagram_received" not in vars(plain)  # the class's method: no flag tested per query
     resolver.query_log = QueryLog()
-    logged = UdpListener(resolver, Tasks())
+    logged = UdpListener(resolver)
     assert vars(logged)["datagram_received"] == logged._logged
 
 
