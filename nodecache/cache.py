@@ -260,11 +260,19 @@ class ZoneCache:
             return entry
         if kind is Kind.DENIAL:
             self.success.pop(key, None)  # the name is gone: the old answer must not be served stale
-        elif (current := self.success.get(key)) is not None and current.expires > now:
-            return entry  # never hide a good answer behind a failure
+        elif self._worth_keeping(key, now):
+            return entry  # never hide a good answer, fresh or still servable stale, behind a failure
         if p.denial_capacity > 0:
             self.denial[key] = entry
         return entry
+
+    def _worth_keeping(self, key: bytes, now: float) -> bool:
+        """An answer or denial for `key` that is fresh, or may still be served stale (RFC 8767)."""
+        for lru in (self.success, self.denial):
+            current = lru.get(key)
+            if current is not None and current.kind is not Kind.SERVFAIL and current.stale_until > now:
+                return True
+        return False
 
     def purge(self) -> int:
         """Drop entries past their stale window; return how many."""

@@ -31,7 +31,9 @@ from nodecache.upstream import Answer, Build, Check, Upstream
 log = logging.getLogger(__name__)
 
 MAX_TRIES = 8  # upper bound on tries per query, whatever the deadline allows
-MAX_OPEN_TRIES = 3  # tries of one query waiting at once (the first ones stay open while later ones go out)
+# Tries of one query waiting at once: a silent try stays open while one more goes out. Two, not more:
+# a slow but live server (a node resolver recursing) then sees at most twice the queries.
+MAX_OPEN_TRIES = 2
 
 
 class Overloaded(UpstreamError):
@@ -106,6 +108,7 @@ class Forwarder:
         errors: list[str] = []
         sent = 0
         next_try = now
+        backoff = 1.0  # each early retry waits twice as long as the one before (RFC 6298 5.5)
         try:
             while True:
                 if now >= next_try and sent < MAX_TRIES and now < end and len(tries) < MAX_OPEN_TRIES:
@@ -115,7 +118,8 @@ class Forwarder:
                     sent += 1
                     up.queries += 1
                     tries[up.start(build, check, p.force_tcp, used)] = (up, now, p.force_tcp)
-                    next_try = now + up.rtt.timeout(p.try_timeout)
+                    next_try = now + min(up.rtt.timeout(p.try_timeout) * backoff, p.try_timeout)
+                    backoff *= 2
                 if not tries:
                     break
                 wake = min(end, *(t[1] + p.try_timeout for t in tries.values()))

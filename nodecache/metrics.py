@@ -190,8 +190,27 @@ class AgentCollector(Collector):
             "Queries that waited for an identical query already sent upstream instead of sending their own.",
             labels=["zone"],
         )
+        early = CounterMetricFamily(
+            "nodecache_early_answers_total",
+            "Misses answered stale or SERVFAIL without waiting for the upstream, by why: the answer deadline passed, "
+            "every upstream was down, or the caps on waiting queries were reached.",
+            labels=["zone", "reason"],
+        )
+        retries = CounterMetricFamily(
+            "nodecache_upstream_retries_total",
+            "Tries sent because an earlier try of the same query stayed silent past the retransmission timer.",
+            labels=["zone", "to"],
+        )
+        waiting = GaugeMetricFamily("nodecache_waiting_queries", "Client queries waiting on upstream answers right now.",
+                                    value=self.resolver.waiting)  # fmt: skip
         for z in self.resolver.zones:
             fwd = z.forwarder
+            st = z.stats
+            for reason, n in (("deadline", st.deadline), ("upstreams_down", st.fast_failed),
+                              ("waiting_cap", st.waiters_refused)):  # fmt: skip
+                early.add_metric([z.name, reason], n)
+            for u in fwd.upstreams:
+                retries.add_metric([z.name, str(u.address)], u.retries)
             broken += fwd.all_down
             rejects += fwd.rejected
             inflight.add_metric([z.name], fwd.inflight)
@@ -234,7 +253,7 @@ class AgentCollector(Collector):
             "Counter of the number of queries rejected because the concurrent queries were at maximum.",
             value=rejects,
         )
-        yield from (inflight, overload, coalesced, up_gauge)
+        yield from (inflight, overload, coalesced, up_gauge, early, retries, waiting)
 
     def _agent(self) -> Iterator[Metric]:
         errors = CounterMetricFamily(

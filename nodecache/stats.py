@@ -53,6 +53,8 @@ def _zone(z: ZoneRuntime) -> dict[str, Any]:
         "servfail": s.servfail,
         "overload_refused": s.overloaded,
         "upstream_inflight": z.forwarder.inflight,
+        # Misses answered without waiting for the upstream (stale or SERVFAIL), by why.
+        "early_answers": {"deadline": s.deadline, "upstreams_down": s.fast_failed, "waiting_cap": s.waiters_refused},
     }
 
 
@@ -80,6 +82,7 @@ def report(
                     "state": "loop" if u not in z.forwarder.active else "down" if u.down else "up",
                     "queries": u.queries,
                     "failures": u.failures,
+                    "retries": u.retries,
                     "latency_ms": {
                         "p50": _ms(u.latencies.quantile(0.5)),
                         "p99": _ms(u.latencies.quantile(0.99)),
@@ -113,6 +116,11 @@ def report(
             "stale_served": sum(z["stale_served"] for z in zones),
             "prefetches": sum(z["prefetches"] for z in zones),
             "coalesced": sum(z["coalesced"] for z in zones),
+        },
+        "misses": {
+            "waiting_now": resolver.waiting,
+            "early_answers": {k: sum(z["early_answers"][k] for z in zones) for k in ("deadline", "upstreams_down",
+                                                                                     "waiting_cap")},
         },
         "zones": zones,
         "upstreams": upstreams,
@@ -155,7 +163,7 @@ def _num(value: float | None) -> str:
 
 def render(r: dict[str, Any]) -> str:
     """The readable summary of a `report` dict."""
-    q, c = r["queries"], r["cache"]
+    q, c, early = r["queries"], r["cache"], r["misses"]["early_answers"]
     state = {True: "ready", None: f"readiness unknown ({r['not_ready_because']})"}.get(
         r["ready"], f"NOT READY ({r['not_ready_because']})"
     )
@@ -169,6 +177,9 @@ def render(r: dict[str, Any]) -> str:
         f"events      {c['evictions']} evictions, {c['stale_served']} stale served, {c['prefetches']} prefetches, "
         f"{c['coalesced']} coalesced",
         f"rejected    {q['refused_no_zone']} outside every zone, {q['malformed']} malformed, {q['dropped']} dropped",
+        f"misses      {r['misses']['waiting_now']} waiting now; answered early (stale or SERVFAIL): "
+        f"{early['deadline']} at the deadline, {early['upstreams_down']} with every upstream down, "
+        f"{early['waiting_cap']} over the waiting caps",
         "",
         f"{'zone':<22} {'queries':>9} {'hits':>9} {'misses':>8} {'ratio':>7} {'success':>8} {'denial':>7} "
         f"{'bytes':>10} {'evict':>6} {'stale':>6} {'coal':>6}",
@@ -179,12 +190,13 @@ def render(r: dict[str, Any]) -> str:
             f"{z['entries']['success']:>8} {z['entries']['denial']:>7} {_size(z['bytes']):>10} "
             f"{z['evictions']:>6} {z['stale_served']:>6} {z['coalesced']:>6}"
         )
-    lines += ["", f"{'upstream':<30} {'zone':<16} {'state':<5} {'queries':>8} {'fails':>6} {'p50 ms':>8} {'p99 ms':>8}"]
+    lines += ["", f"{'upstream':<30} {'zone':<16} {'state':<5} {'queries':>8} {'fails':>6} {'retry':>6} {'p50 ms':>8} "
+                  f"{'p99 ms':>8}"]
     for u in r["upstreams"]:
         lat = u["latency_ms"]
         lines.append(
             f"{u['address'] + ' ' + u['transport']:<30} {u['zone']:<16} {u['state']:<5} {u['queries']:>8} "
-            f"{u['failures']:>6} {_num(lat['p50']):>8} {_num(lat['p99']):>8}"
+            f"{u['failures']:>6} {u['retries']:>6} {_num(lat['p50']):>8} {_num(lat['p99']):>8}"
         )
     one_in = r["sampling"]["one_in"]
     how = "every query" if one_in <= 1 else f"1 in {one_in} queries"

@@ -251,15 +251,24 @@ class TestStoreRules:
         assert parse(replay(entry, query(), clock.now())).header.rcode == wire.NOERROR
         assert [e.kind for _, e in cache.entries()] == [Kind.SUCCESS]  # the SERVFAIL was not kept
 
-    def test_servfail_answers_for_an_expired_success(self, clock: FakeClock) -> None:
-        """Once the success entry expired, a newer SERVFAIL is what get() finds."""
+    def test_servfail_does_not_replace_a_servable_stale_answer(self, clock: FakeClock) -> None:
+        """RFC 8767: an upstream failure is when the stale answer is served, so the SERVFAIL is not kept."""
         cache = ZoneCache(CachePolicy(stale_window=3600), clock.now)
         cache.store(key_for(), positive(30), False, 1232)
         clock.advance(31)
         cache.store(key_for(), servfail(), False, 1232)
         entry = cache.get(key_for())
+        assert entry is not None and entry.kind is Kind.SUCCESS
+        assert [e.kind for _, e in cache.entries()] == [Kind.SUCCESS]
+
+    def test_servfail_answers_once_the_stale_window_is_over(self, clock: FakeClock) -> None:
+        cache = ZoneCache(CachePolicy(stale_window=60), clock.now)
+        cache.store(key_for(), positive(30), False, 1232)
+        clock.advance(91)  # expired and past its stale window
+        cache.store(key_for(), servfail(), False, 1232)
+        entry = cache.get(key_for())
         assert entry is not None and entry.kind is Kind.SERVFAIL
-        assert entry.expires == T0 + 31 + CachePolicy().servfail_ttl
+        assert entry.expires == T0 + 91 + CachePolicy().servfail_ttl
 
     def test_expired_servfail_does_not_hide_a_servable_stale_answer(self, clock: FakeClock) -> None:
         """get() docs: only a *fresh* newer denial/SERVFAIL answers instead of the stale success."""
