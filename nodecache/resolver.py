@@ -356,13 +356,13 @@ class Resolver:
         stats.misses += 1
         kind = (q.key[-5] << 8 | q.key[-4]) << 2 | via
         stats.requests[kind] = stats.requests.get(kind, 0) + 1
+        if zone.forwarder.unreachable:
+            # Every upstream is marked down and being probed: waiting would only burn the client's time.
+            stats.fast_failed += 1
+            zone.forwarder.all_down += 1
+            return self._fall_back(zone, (data, q, via, 0.0, deliver, token, started))
         flight = self._inflight.get(q.key)
         if flight is None:
-            if zone.forwarder.unreachable:
-                # Every upstream is marked down and being probed: waiting would only burn the client's time.
-                stats.fast_failed += 1
-                zone.forwarder.all_down += 1
-                return self._fall_back(zone, (data, q, via, 0.0, deliver, token, started))
             stale = zone.cache.policy.stale_mode == "immediate" and self._stale(zone, q.key)
             flight = Flight(zone, q)
             self._inflight[q.key] = flight

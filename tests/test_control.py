@@ -33,7 +33,7 @@ SVC = "kubernetes.default.svc.cluster.local"
 WEB = "web.default.svc.cluster.local"
 WILD = "a.wild.cluster.local"
 STATS_KEYS = {"schema", "version", "uptime_seconds", "ready", "not_ready_because", "listen", "queries", "cache",
-              "zones", "upstreams", "top_names", "top_clients", "sampling"}  # fmt: skip
+              "zones", "upstreams", "top_names", "top_clients", "sampling", "misses"}  # fmt: skip
 NOBODY = 65534
 
 
@@ -163,6 +163,7 @@ def test_stats_json_is_stable_and_consistent(agent: Agent) -> None:
     report = agent.stats()
     assert set(report) == STATS_KEYS
     assert report["schema"] == 1
+    assert report["misses"] == {"waiting_now": 0, "early_answers": {"deadline": 0, "upstreams_down": 0, "waiting_cap": 0}}
     q = report["queries"]
     assert (q["total"], q["hits"], q["misses"], q["hit_ratio"]) == (4, 2, 2, 0.5)
     cluster = next(z for z in report["zones"] if z["zone"] == "cluster.local.")

@@ -61,3 +61,51 @@ async def test_overall_deadline_bounds_the_tries() -> None:
         fwd.close()
     assert up.count("a.example.") == 3  # 0.2 + 0.2 + the 0.1 left
     assert elapsed < 2.0
+
+
+async def answered_after(fwd: Forwarder, name: str) -> float:
+    started = time.monotonic()
+    _msg, scan, _up = await fwd.query(wire_name(name + "."), A_IN, False, False)
+    assert scan.rcode == 0 and scan.answers == 1
+    return time.monotonic() - started
+
+
+async def test_a_lost_datagram_is_retried_after_a_few_round_trips_not_the_try_timeout() -> None:
+    with FakeUpstream() as up:
+        fwd = Forwarder(ForwardPolicy(upstreams=(Address("127.0.0.1", up.port),), try_timeout=2.0, timeout=5.0))
+        for _ in range(5):  # round trips measured: the retransmission timer drops to its floor
+            await answered_after(fwd, "web.default.svc.cluster.local")
+        up.set_behaviour("kubernetes.default.svc.cluster.local", Behaviour.drop(), times=1)
+        took = await answered_after(fwd, "kubernetes.default.svc.cluster.local")
+        retries = fwd.upstreams[0].retries
+        failures = fwd.upstreams[0].failures
+        fwd.close()
+    assert took < 0.5, f"answered after {took:.2f}s"
+    assert up.count("kubernetes.default.svc.cluster.local") == 2
+    assert (retries, failures) == (1, 0)  # a retry is not a failure: the first try was only slow
+
+
+async def test_a_silent_tcp_connection_is_bypassed_on_another_connection() -> None:
+    """A server sitting on one reply (as NSD did under pipelining) costs a retransmission timer, not a loss."""
+    with FakeUpstream() as up:
+        policy = ForwardPolicy(upstreams=(Address("127.0.0.1", up.port),), force_tcp=True, try_timeout=2.0, timeout=5.0)
+        fwd = Forwarder(policy)
+        for _ in range(5):
+            await answered_after(fwd, "web.default.svc.cluster.local")
+        up.set_behaviour("kubernetes.default.svc.cluster.local", Behaviour.drop(), times=1)
+        took = await answered_after(fwd, "kubernetes.default.svc.cluster.local")
+        connections = up.tcp_connections
+        fwd.close()
+    assert took < 0.5, f"answered after {took:.2f}s"
+    assert connections == 2  # the retry went out on a second connection
+
+
+async def test_a_slow_server_sees_at_most_two_tries_at_once() -> None:
+    with FakeUpstream() as up:
+        fwd = Forwarder(ForwardPolicy(upstreams=(Address("127.0.0.1", up.port),), try_timeout=2.0, timeout=5.0))
+        await answered_after(fwd, "web.default.svc.cluster.local")
+        up.set_behaviour("kubernetes.default.svc.cluster.local", Behaviour.delay(0.6))
+        took = await answered_after(fwd, "kubernetes.default.svc.cluster.local")
+        fwd.close()
+    assert 0.55 < took < 1.5
+    assert up.count("kubernetes.default.svc.cluster.local") == 2

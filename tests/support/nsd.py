@@ -7,11 +7,15 @@ runs in the foreground as the current user (root or not), and it is stopped by i
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -110,6 +114,34 @@ class NSD:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
+
+    def processes(self) -> list[int]:
+        """NSD's PID and its descendants' (with -d it still forks the processes that serve)."""
+        if self.pid is None:
+            return []
+        parents: dict[int, int] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+        found = [self.pid]
+        for pid in found:  # grows while walked: children, grandchildren, ...
+            found += [child for child, parent in parents.items() if parent == pid]
+        return found
+
+    @contextlib.contextmanager
+    def hung(self) -> Iterator[None]:
+        """NSD stopped with SIGSTOP (alive, sockets open, answering nothing), then continued."""
+        pids = self.processes()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     def log_text(self) -> str:
         """NSD's own log (stderr with -d), for error messages and debugging."""
