@@ -184,3 +184,50 @@ def test_check_config_without_a_corefile_shows_the_flag_built_zones(resolv: Path
     rows = [line.split() for line in done.stdout.splitlines()[2:]]
     assert [r[0] for r in rows] == ["cluster.local.", "in-addr.arpa.", "ip6.arpa.", "."]
     assert rows[0][1] == "192.0.2.10:53" and "0-60s" in done.stdout.splitlines()[2]
+
+
+def test_stock_corefile_serves_stale_by_default_and_flags_override_it(resolv: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBE_DNS_UPSTREAM_SERVICE_HOST", UPSTREAM_IP)
+    default = build_config(stock_opts(resolv))
+    assert {(z.cache.stale_window, z.cache.stale_mode) for z in default.zones} == {(3600, "verify")}
+    assert default.answer_deadline == 1.8
+    given = build_config(stock_opts(resolv, serve_stale=0, answer_deadline=1.0),
+                         frozenset({"serve_stale", "answer_deadline"}))  # fmt: skip
+    assert {z.cache.stale_window for z in given.zones} == {0}
+    assert given.answer_deadline == 1.0
+
+
+def test_corefile_serve_stale_modes_reach_the_zones(tmp_path: Path, resolv: Path) -> None:
+    corefile = tmp_path / "Corefile"
+    corefile.write_text(
+        "cluster.local:53 {\n bind 127.0.0.1\n cache 30 {\n  serve_stale 10m immediate\n }\n forward . 192.0.2.53\n}\n"
+        ".:53 {\n bind 127.0.0.1\n cache 30 {\n  serve_stale 2h verify\n }\n forward . 192.0.2.54\n}\n"
+    )
+    config = build_config(opts_with(config=str(corefile), node_resolv_conf=str(resolv), local_ip=("127.0.0.1",),
+                                    setup_interface=False, setup_iptables=False))  # fmt: skip
+    assert [(z.name, z.cache.stale_window, z.cache.stale_mode) for z in config.zones] == [
+        ("cluster.local.", 600, "immediate"), (".", 7200, "verify")]
+
+
+@pytest.mark.parametrize("text, seconds", [("0", 0), ("90", 90), ("90s", 90), ("15m", 900), ("1h", 3600)])
+def test_serve_stale_flag_takes_durations(text: str, seconds: int, resolv: Path) -> None:
+    from click.testing import CliRunner
+
+    from nodecache.cli import main
+
+    done = CliRunner().invoke(main, ["check-config", "--upstream", UPSTREAM_IP, "--node-resolv-conf", str(resolv),
+                                     "--serve-stale", text])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    expected = f"{seconds}s verify" if seconds else "off"
+    assert all(expected in line.split("  ") or expected in line for line in done.output.splitlines()[2:])
+
+
+def test_a_bad_serve_stale_duration_is_refused(resolv: Path) -> None:
+    from click.testing import CliRunner
+
+    from nodecache.cli import main
+
+    done = CliRunner().invoke(main, ["check-config", "--upstream", UPSTREAM_IP, "--node-resolv-conf", str(resolv),
+                                     "--serve-stale", "an hour"])  # fmt: skip
+    assert done.exit_code == 2 and "is not a duration; write seconds, or 90s, 15m, 1h" in done.output
