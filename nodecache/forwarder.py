@@ -34,6 +34,11 @@ MAX_TRIES = 8  # upper bound on tries per query, whatever the deadline allows
 # Tries of one query waiting at once: a silent try stays open while one more goes out. Two, not more:
 # a slow but live server (a node resolver recursing) then sees at most twice the queries.
 MAX_OPEN_TRIES = 2
+# Early retries draw on a budget: each query earns RETRY_BUDGET_RATIO of one, and at most RETRY_BUDGET_MAX
+# are saved up. A lost datagram here and there is retried early; when everything is slow (the upstream or
+# this agent saturated), early retries stop instead of doubling the load that made them slow.
+RETRY_BUDGET_RATIO = 0.1
+RETRY_BUDGET_MAX = 20.0
 
 
 class Overloaded(UpstreamError):
@@ -55,6 +60,7 @@ class Forwarder:
         self.all_down = 0  # queries that found every upstream marked down (CoreDNS: healthcheck broken)
         self._next = 0
         self._rng = random.Random()  # server choice only; IDs use `secrets`
+        self._retry_budget = RETRY_BUDGET_MAX
 
     def order(self) -> list[Upstream]:
         """Servers in the order to try them: by policy, healthy ones first."""
@@ -108,13 +114,17 @@ class Forwarder:
         errors: list[str] = []
         sent = 0
         next_try = now
+        self._retry_budget = min(self._retry_budget + RETRY_BUDGET_RATIO, RETRY_BUDGET_MAX)
         backoff = 1.0  # each early retry waits twice as long as the one before (RFC 6298 5.5)
         try:
             while True:
+                if tries and now >= next_try and self._retry_budget < 1:
+                    next_try = end  # no early retry now: the open try runs to its own timeout
                 if now >= next_try and sent < MAX_TRIES and now < end and len(tries) < MAX_OPEN_TRIES:
                     up = order[sent % len(order)]
                     if tries:
                         up.retries += 1
+                        self._retry_budget -= 1
                     sent += 1
                     up.queries += 1
                     tries[up.start(build, check, p.force_tcp, used)] = (up, now, p.force_tcp)
@@ -148,6 +158,7 @@ class Forwarder:
                         fut.cancel()
                         up.failed()
                         errors.append(f"{up.address} did not answer within {min(p.try_timeout, now - started):.2g}s")
+                        next_try = min(next_try, now)  # that one is over: the next goes out now
                 if now >= end:
                     break
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from nodecache.config import DEFAULT_TIMEOUT, DEFAULT_TRY_TIMEOUT, Address, ForwardPolicy
@@ -109,3 +110,18 @@ async def test_a_slow_server_sees_at_most_two_tries_at_once() -> None:
         fwd.close()
     assert 0.55 < took < 1.5
     assert up.count("kubernetes.default.svc.cluster.local") == 2
+
+
+async def test_early_retries_stop_when_their_budget_is_spent() -> None:
+    """When everything is slow, retrying early would only double the load that made it slow."""
+    from nodecache.forwarder import RETRY_BUDGET_MAX
+
+    with FakeUpstream() as up:
+        fwd = Forwarder(ForwardPolicy(upstreams=(Address("127.0.0.1", up.port),), try_timeout=2.0, timeout=5.0))
+        await answered_after(fwd, "web.default.svc.cluster.local")
+        up.set_behaviour(None, Behaviour.delay(0.4))
+        await asyncio.gather(*(answered_after(fwd, "kubernetes.default.svc.cluster.local") for _ in range(40)))
+        retries = fwd.upstreams[0].retries
+        fwd.close()
+    assert retries <= RETRY_BUDGET_MAX + 1
+    assert up.count("kubernetes.default.svc.cluster.local") == 40 + retries
