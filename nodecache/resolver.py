@@ -364,6 +364,8 @@ class Resolver:
         flight = self._inflight.get(q.key)
         if flight is None:
             stale = zone.cache.policy.stale_mode == "immediate" and self._stale(zone, q.key)
+            if not stale and self.waiting >= self._max_waiting:  # full: not even an upstream query for it
+                return self._over_cap(zone, (data, q, via, 0.0, deliver, token, started))
             flight = Flight(zone, q)
             self._inflight[q.key] = flight
             flight.task = asyncio.get_running_loop().create_task(self._fetch(zone, q))
@@ -373,9 +375,7 @@ class Resolver:
         else:
             stats.coalesced += 1
         if self.waiting >= self._max_waiting or len(flight.waiters) >= self._max_per_name:
-            stats.waiters_refused += 1
-            self._finish(zone, (data, q, via, 0.0, deliver, token, started), self._servfail(data, q), "miss", "")
-            return
+            return self._over_cap(zone, (data, q, via, 0.0, deliver, token, started))
         flight.waiters.append((data, q, via, self.clock() + self._deadline, deliver, token, started))
         self.waiting += 1
         if flight.timer is None:
@@ -388,6 +388,11 @@ class Resolver:
             if entry.expires <= self.clock() < entry.stale_until:
                 return entry
         return None
+
+    def _over_cap(self, zone: ZoneRuntime, w: Waiter) -> None:
+        """Too many clients wait already (--max-waiting, --max-waiting-per-name): SERVFAIL now, counted."""
+        zone.stats.waiters_refused += 1
+        self._finish(zone, w, self._servfail(w[0], w[1]), "miss", "")
 
     def _servfail(self, data: bytes, q: wire.Query) -> bytes:
         return wire.error_reply(data, wire.SERVFAIL, q.qend, q.edns, q.do, self._udp_cap)
