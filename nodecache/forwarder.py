@@ -69,16 +69,21 @@ class Forwarder:
         def build(qid: int) -> bytes:
             return wire.make_query(qid, question, do, cd, UPSTREAM_UDP_PAYLOAD)
 
+        def plain(qid: int) -> bytes:
+            return wire.make_query(qid, question, do, cd, UPSTREAM_UDP_PAYLOAD, edns=False)
+
         def check(msg: bytes) -> wire.ReplyScan:
             return wire.scan_reply(msg, lname, qtc)
 
         self.inflight += 1
         try:
-            return await self._try_in_turn(build, check)
+            return await self._try_in_turn(build, check, plain)
         finally:
             self.inflight -= 1
 
-    async def _try_in_turn(self, build: Build, check: Check) -> tuple[bytes, wire.ReplyScan, Upstream]:
+    async def _try_in_turn(
+        self, build: Build, check: Check, plain: Build | None = None
+    ) -> tuple[bytes, wire.ReplyScan, Upstream]:
         p = self.policy
         deadline = time.monotonic() + p.timeout
         errors: list[str] = []
@@ -90,12 +95,18 @@ class Forwarder:
             up = order[attempt % len(order)]
             up.queries += 1
             started = time.monotonic()
+            b = build
             try:
-                msg, scan = await up.query(build, check, p.force_tcp, min(p.try_timeout, remaining))
+                msg, scan = await up.query(b, check, p.force_tcp, min(p.try_timeout, remaining))
+                if scan.rcode == wire.FORMERR and plain is not None:
+                    # RFC 6891 7: FORMERR to an EDNS query may mean no EDNS; ask the same server without it.
+                    b = plain
+                    remaining = deadline - time.monotonic()
+                    msg, scan = await up.query(b, check, p.force_tcp, max(min(p.try_timeout, remaining), 0.001))
                 if scan.flags & (wire.TC << 8) and not p.force_tcp:
                     # Truncated over UDP: the same server over TCP gives the whole answer.
                     remaining = deadline - time.monotonic()
-                    msg, scan = await up.query(build, check, True, max(min(p.try_timeout, remaining), 0.001))
+                    msg, scan = await up.query(b, check, True, max(min(p.try_timeout, remaining), 0.001))
             except UpstreamError as exc:
                 up.failed()
                 errors.append(str(exc))

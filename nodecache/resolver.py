@@ -164,7 +164,8 @@ class Resolver:
         self._inflight: dict[bytes, asyncio.Task[Entry]] = {}
         self.malformed = 0
         self.dropped = 0
-        self.refused = 0  # names outside every zone
+        self.refused = 0  # names outside every zone (or whose zone a reload removed)
+        self.transfers = 0  # AXFR/IXFR queries refused: a cache has no zone to transfer
         self._udp_cap = config.max_udp_payload
         self.activity = Activity(time.monotonic)  # sampled top-N, query rate; listeners feed it
         self.query_log: QueryLog | None = None  # set by the server when --query-log is on
@@ -217,7 +218,7 @@ class Resolver:
         try:
             q = wire.scan_query(data)
         except wire.Malformed as exc:
-            return self._malformed(data, exc)
+            return self._malformed(data, exc, via)
         zone = self._memo.get(q.lname)
         if zone is None:
             zone = self.zone_for(q.lname)
@@ -294,11 +295,19 @@ class Resolver:
         except UpstreamError:
             pass  # silence or an error is not a loop; only our probe arriving back is
 
-    def _malformed(self, data: bytes, exc: wire.Malformed) -> bytes | None:
-        """Count a bad packet; FORMERR/NOTIMP/BADVERS when its header is readable."""
+    def _malformed(self, data: bytes, exc: wire.Malformed, via: int) -> bytes | None:
+        """Count a bad packet; FORMERR/NOTIMP/BADVERS when its header is readable.
+
+        AXFR/IXFR are refused apart (never forwarded, never cached): NOTIMP over
+        UDP, where no transfer can run, REFUSED over TCP.
+        """
         if exc.rcode is None:
             self.dropped += 1
             return None
+        if isinstance(exc, wire.ZoneTransfer):
+            self.transfers += 1
+            rcode = wire.REFUSED if via & 1 else wire.NOTIMP
+            return wire.error_reply(data, rcode, exc.qend, exc.edns, exc.do, self._udp_cap)
         self.malformed += 1
         return wire.error_reply(data, exc.rcode, exc.qend, 0, False, self._udp_cap)
 
@@ -310,7 +319,9 @@ class Resolver:
         """`resolve`, also saying how the answer came: miss, stale or refused (for the query log)."""
         started = time.perf_counter()
         zone = self.zone_for(q.lname)
-        assert zone is not None  # `answer` refused queries outside every zone
+        if zone is None:  # a reload removed the zone after `answer` let the query through
+            self.refused += 1
+            return wire.error_reply(data, wire.REFUSED, q.qend, q.edns, q.do, self._udp_cap), "refused"
         stats = zone.stats
         stats.misses += 1
         kind = (q.key[-5] << 8 | q.key[-4]) << 2 | via
@@ -381,7 +392,9 @@ class Resolver:
 
     def total_queries(self) -> int:
         """Every query received so far (hits, misses, refused, malformed), the agent's own probes excepted."""
-        return sum(z.hits + z.stats.misses for z in self.zones) + self.refused + self.malformed + self.dropped
+        return (
+            sum(z.hits + z.stats.misses for z in self.zones) + self.refused + self.malformed + self.dropped + self.transfers
+        )
 
     def tick(self) -> None:
         """Once a second: the query rate, the sampling interval, the hits' duration sum.

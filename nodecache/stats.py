@@ -104,6 +104,7 @@ def report(
             "refused_no_zone": resolver.refused,
             "malformed": resolver.malformed,
             "dropped": resolver.dropped,
+            "zone_transfer_refused": resolver.transfers,
         },
         "cache": {
             "entries": {k: sum(z["entries"][k] for z in zones) for k in ("success", "denial")},
@@ -168,7 +169,8 @@ def render(r: dict[str, Any]) -> str:
         f"{c['entries']['denial']} denial / {c['capacity']['denial']}, about {_size(c['bytes'])}",
         f"events      {c['evictions']} evictions, {c['stale_served']} stale served, {c['prefetches']} prefetches, "
         f"{c['coalesced']} coalesced",
-        f"rejected    {q['refused_no_zone']} outside every zone, {q['malformed']} malformed, {q['dropped']} dropped",
+        f"rejected    {q['refused_no_zone']} outside every zone, {q['malformed']} malformed, {q['dropped']} dropped, "
+        f"{q.get('zone_transfer_refused', 0)} zone transfers",
         "",
         f"{'zone':<22} {'queries':>9} {'hits':>9} {'misses':>8} {'ratio':>7} {'success':>8} {'denial':>7} "
         f"{'bytes':>10} {'evict':>6} {'stale':>6} {'coal':>6}",
