@@ -84,7 +84,8 @@ class ZoneTransfer(Malformed):
 
 # Low bytes of the query types scan_query refuses (OPT, IXFR, AXFR); a high byte of 0 is checked apart.
 _REFUSED_QTYPE = tuple(t in (TYPE_OPT, TYPE_IXFR, TYPE_AXFR) for t in range(256))
-_ONE_ADDITIONAL = bytes((0, 0, 0, 0, 0, 1))
+_NO_RECORDS = bytes(6)  # the answer, authority and additional counts of a bare question
+_ONE_ADDITIONAL = bytes((0, 0, 0, 0, 0, 1))  # ... of a question with one OPT
 
 
 class Query(NamedTuple):
@@ -205,7 +206,7 @@ def scan_query(data: bytes) -> Query:
     payload = MIN_UDP_PAYLOAD
     edns = 0
     if qend == n:  # nothing after the question: every count must say so
-        if data[6] or data[7] or data[8] or data[9] or data[10] or data[11]:
+        if data[6:12] != _NO_RECORDS:
             raise Malformed("record counts but no records", FORMERR, qend)
     else:
         o = qend
