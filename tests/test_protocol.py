@@ -8,6 +8,7 @@ racing a reload, and truncation with whole records.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from dataclasses import replace
 
@@ -18,6 +19,8 @@ from nodecache.config import CachePolicy
 from nodecache.resolver import Resolver
 from tests.conftest import ask_tcp, ask_udp, make_config, running, with_zone
 from tests.support.fakeupstream import Behaviour, FakeUpstream
+from tests.support.http import scrape, value
+from tests.support.net import free_port
 
 SVC = "kubernetes.default.svc.cluster.local"
 ZONE = "cluster.local"
@@ -156,16 +159,21 @@ async def test_cname_to_nodata_is_a_denial_with_the_soa_ttl(upstream: FakeUpstre
 
 async def test_zone_transfers_are_refused_never_forwarded(upstream: FakeUpstream) -> None:
     """AXFR and IXFR: NOTIMP over UDP, REFUSED over TCP, nothing sent upstream, counted."""
-    async with running(config(upstream)) as srv:
+    mport = free_port()
+    async with running(replace(config(upstream), metrics_address=f"127.0.0.1:{mport}")) as srv:
         port = srv.bound[0][1]
         udp = [DNSRecord.parse(await ask_udp(port, query(ZONE, t))) for t in ("AXFR", "IXFR")]
         tcp = [DNSRecord.parse(m) for m in await ask_tcp(port, [query(ZONE, "AXFR", qid=1, edns=None)])]
         report = stats.report(srv.resolver, started=0.0, listen=[], ready=True, not_ready=None)
+        metrics = await asyncio.to_thread(scrape, "127.0.0.1", mport)
         r = srv.resolver
     assert [x.header.rcode for x in udp] == [RCODE.NOTIMP] * 2 and all(has_opt(x) for x in udp)
     assert [(x.header.rcode, x.header.id) for x in tcp] == [(RCODE.REFUSED, 1)] and not has_opt(tcp[0])
     assert len(upstream.log) == 0
     assert r.transfers == 3 and r.malformed == 0 and report["queries"]["zone_transfer_refused"] == 3
+    assert "3 zone transfers" in stats.render(report)
+    assert value(metrics, "nodecache_rejected_queries_total", reason="zone_transfer") == 3
+    assert value(metrics, "nodecache_rejected_queries_total", reason="malformed") == 0
     assert all(len(z.cache.success) + len(z.cache.denial) == 0 for z in r.zones)
 
 
