@@ -4,7 +4,8 @@ Everything here works on raw bytes so that a cache hit never builds a dnslib
 object (dnslib needs tens of microseconds to parse a query; a hit must cost a
 few dict and bytes operations). Each function is small, bounds-checked and
 fuzzed (tests/test_wire_fuzz.py): malformed input raises `Malformed`, nothing
-else.
+else. The one exception to "bytes only" is rare and on the miss path: an
+upstream reply with records after its OPT is rebuilt by dnslib (`_without_opt`).
 
 Layout reminders (RFC 1035 4.1): a 12-byte header (ID, two flag bytes, four
 16-bit counts), the question (name, type, class), then resource records
@@ -15,8 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import NamedTuple
-
-from dnslib import QTYPE, DNSRecord
 
 HEADER_LEN = 12
 MIN_UDP_PAYLOAD = 512  # RFC 1035: what a client without EDNS can take
@@ -397,9 +396,11 @@ def _without_opt(msg: bytes, lname: bytes, qtc: bytes, ext: int) -> ReplyScan:
     that the miss path can afford dnslib for it. `ext` is the OPT's
     extended rcode, which the rebuilt message has lost.
     """
+    from dnslib import DNSRecord  # here, not at the top: nothing on the hit path needs dnslib
+
     try:
         rec = DNSRecord.parse(msg)
-        rec.ar = [rr for rr in rec.ar if rr.rtype != QTYPE.OPT]
+        rec.ar = [rr for rr in rec.ar if rr.rtype != TYPE_OPT]
         rebuilt = bytes(rec.pack())
     except Exception as exc:  # dnslib raises many kinds (DNSError, UnicodeDecodeError, struct.error...)
         raise Malformed(f"cannot rebuild a reply without its OPT record: {exc}") from None
