@@ -11,8 +11,9 @@ NODE_RESOLV_CONF ?= /etc/resolv.conf
 
 # Debian packages the integration tests and benchmarks drive for real:
 # NSD (authoritative upstream), dig and kdig (clients), dnsperf (load),
-# dnsmasq and unbound (peers in `make bench`), iptables and iproute2 (netns tests).
-DEB_PACKAGES := nsd bind9-dnsutils knot-dnsutils dnsperf dnsmasq-base unbound iptables iproute2
+# dnsmasq and unbound (peers in `make bench`), iptables and iproute2 (netns tests),
+# musl-tools (musl-gcc: a static musl getaddrinfo client, which has no TCP fallback).
+DEB_PACKAGES := nsd bind9-dnsutils knot-dnsutils dnsperf dnsmasq-base unbound iptables iproute2 musl-tools
 
 .PHONY: help venv debs run test bench profile lint clean image manifest
 

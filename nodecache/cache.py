@@ -31,6 +31,8 @@ VIAS = 4
 
 Tally = list[int]
 
+MAX_CUTS = 4  # truncation points an entry remembers (one per client size limit seen)
+
 
 class Kind(enum.Enum):
     """What an entry says; decides its cache and its lifetime."""
@@ -45,12 +47,14 @@ def classify(scan: wire.ReplyScan) -> Kind | None:
 
     Not cached: truncated replies (the full answer comes over TCP),
     REFUSED/FORMERR/NOTIMP and other rcodes, and negative answers without an
-    SOA, which carry no negative TTL.
+    SOA, which carry no negative TTL. A CNAME chain that ends without the
+    asked type, with an SOA, is a negative answer (RFC 2308 5): NODATA for
+    the chain's target, however many records the answer section holds.
     """
     if scan.flags & (wire.TC << 8):
         return None
     if scan.rcode == wire.NOERROR:
-        if scan.answers:
+        if scan.answers and (scan.has_type or scan.soa_ttl is None):
             return Kind.SUCCESS
         return Kind.DENIAL if scan.soa_ttl is not None else None
     if scan.rcode == wire.NXDOMAIN:
@@ -61,13 +65,17 @@ def classify(scan: wire.ReplyScan) -> Kind | None:
 
 
 def lifetime(kind: Kind | None, scan: wire.ReplyScan, policy: CachePolicy) -> int:
-    """Seconds an entry stays fresh; 0 means do not cache."""
+    """Seconds an entry stays fresh; 0 means do not cache.
+
+    A denial lives min(SOA TTL, SOA MINIMUM) (RFC 2308 5), and no longer than
+    any CNAME in front of it: the chain may change before the denial would.
+    """
     if kind is Kind.SUCCESS:
         ttl = min(scan.ttls) if scan.ttls else 0
         return _clamp(ttl, policy.success_min_ttl, policy.success_max_ttl)
     if kind is Kind.DENIAL:
         assert scan.soa_ttl is not None and scan.soa_minimum is not None
-        ttl = min(scan.soa_ttl, scan.soa_minimum)  # RFC 2308 section 5
+        ttl = min(scan.soa_ttl, scan.soa_minimum, *scan.ttls[: scan.answers])
         return _clamp(ttl, policy.denial_min_ttl, policy.denial_max_ttl)
     if kind is Kind.SERVFAIL:
         return policy.servfail_ttl
@@ -93,7 +101,7 @@ class Entry:
         "size",
         "tally",
         "_heads",
-        "_tc_heads",
+        "_cuts",
         "_opt",
         "_body",
         "_offsets",
@@ -139,17 +147,14 @@ class Entry:
             bytes((flags1 | (i & 1), flags2, *counts, (ar + (i >> 1)) >> 8, (ar + (i >> 1)) & 0xFF))
             for i in range(4)
         )
-        self._tc_heads = tuple(
-            bytes((flags1 | wire.TC | (i & 1), flags2, 0, 1, 0, 0, 0, 0, 0, i >> 1)) for i in range(4)
-        )
+        self._cuts: dict[int, tuple[int, tuple[bytes, bytes]]] | None = None  # see `_truncated`
         self.size = len(self._body) + 200  # rough per-entry overhead in bytes
 
     def reply(self, data: bytes, qend: int, edns: int, limit: int, now: float) -> bytes:
         """This answer for the query `data`: its ID, its exact question, our TTLs.
 
         `limit` is the largest reply the client can take (65535 over TCP).
-        A larger reply goes out empty with TC set, so the client retries over
-        TCP (RFC 7766); the OPT record is kept.
+        A larger reply carries as many whole records as fit (`_truncated`).
         """
         elapsed = int(now - self.stored)
         if elapsed != self._at:
@@ -161,7 +166,7 @@ class Entry:
         else:
             out = data[:2] + self._heads[v] + data[12:qend] + self._body_at
         if len(out) > limit:
-            out = data[:2] + self._tc_heads[v] + data[12:qend] + (self._opt if edns else b"")
+            out = self._truncated(data, qend, edns, limit, self._body_at)
         return out
 
     def stale_reply(self, data: bytes, qend: int, edns: int, limit: int, stale_ttl: int) -> bytes:
@@ -170,8 +175,50 @@ class Entry:
         v = (data[2] & 1) | (edns << 1)
         out = data[:2] + self._heads[v] + data[12:qend] + body + (self._opt if edns else b"")
         if len(out) > limit:
-            out = data[:2] + self._tc_heads[v] + data[12:qend] + (self._opt if edns else b"")
+            out = self._truncated(data, qend, edns, limit, body)
         return out
+
+    def _truncated(self, data: bytes, qend: int, edns: int, limit: int, body: bytes) -> bytes:
+        """The reply cut to the whole records that fit in `limit`, in order (RFC 2181 9).
+
+        The client's OPT is kept (its 11 bytes are reserved). TC is set when an
+        answer or authority record had to go; dropping only additional records
+        leaves it clear. Name compression points backwards only, so a cut at a
+        record boundary leaves every kept name readable. The cut depends only
+        on the room left after the question (every client of an entry asks a
+        name of the same length) and on the OPT, so it is found once, on the
+        first oversize reply, and remembered for a few limits.
+        """
+        room = limit - qend - (wire.OPT_LEN if edns else 0)
+        key = room << 1 | edns
+        cuts = self._cuts
+        if cuts is None:
+            cuts = self._cuts = {}
+        cut = cuts.get(key)
+        if cut is None:
+            if len(cuts) >= MAX_CUTS:
+                cuts.clear()
+            cut = cuts[key] = self._cut(room, edns)
+        end, heads = cut
+        return data[:2] + heads[data[2] & 1] + data[12:qend] + body[:end] + (self._opt if edns else b"")
+
+    def _cut(self, room: int, edns: int) -> tuple[int, tuple[bytes, bytes]]:
+        """Where to cut the body for `room` bytes, and the two headers (RD clear, set) saying so."""
+        h = self._heads[0]
+        an, ns, ar = h[4] << 8 | h[5], h[6] << 8 | h[7], h[8] << 8 | h[9]
+        end = kept = 0
+        while kept < an + ns + ar:
+            after = wire.record_end(self._body, end)
+            if after > room:
+                break
+            end = after
+            kept += 1
+        k_an = min(kept, an)
+        k_ns = min(kept - k_an, ns)
+        k_ar = kept - k_an - k_ns + edns
+        flags1 = wire.QR | (wire.TC if kept < an + ns else 0)
+        counts = (0, 1, k_an >> 8, k_an & 0xFF, k_ns >> 8, k_ns & 0xFF, k_ar >> 8, k_ar & 0xFF)
+        return end, (bytes((flags1, h[1], *counts)), bytes((flags1 | wire.RD, h[1], *counts)))
 
 
 class _CountingLRU(LRUCache):  # type: ignore[type-arg]

@@ -88,12 +88,15 @@ class Forwarder:
         def build(qid: int) -> bytes:
             return wire.make_query(qid, question, do, cd, UPSTREAM_UDP_PAYLOAD)
 
+        def plain(qid: int) -> bytes:
+            return wire.make_query(qid, question, do, cd, UPSTREAM_UDP_PAYLOAD, edns=False)
+
         def check(msg: bytes) -> wire.ReplyScan:
             return wire.scan_reply(msg, lname, qtc)
 
         self.inflight += 1
         try:
-            return await self._try_in_turn(build, check)
+            return await self._try_in_turn(build, check, plain)
         finally:
             self.inflight -= 1
 
@@ -102,14 +105,20 @@ class Forwarder:
         """Every server queries may go to is marked down: answer from the cache or fail at once."""
         return bool(self.active) and all(u.down for u in self.active)
 
-    async def _try_in_turn(self, build: Build, check: Check) -> tuple[bytes, wire.ReplyScan, Upstream]:
-        """Send tries until one gives a usable reply, keeping earlier tries open (see the module notes)."""
+    async def _try_in_turn(
+        self, build: Build, check: Check, plain: Build | None = None
+    ) -> tuple[bytes, wire.ReplyScan, Upstream]:
+        """Send tries until one gives a usable reply, keeping earlier tries open (see the module notes).
+
+        `plain` builds the query without EDNS, for a server that answers FORMERR to ours (RFC 6891 7).
+        """
         p = self.policy
         loop = asyncio.get_running_loop()
         now = loop.time()
         end = now + p.timeout
         order = self.order()
-        tries: dict[asyncio.Future[Answer], tuple[Upstream, float, bool]] = {}  # -> (server, sent at, over TCP)
+        # future -> (server, sent at, over TCP, how the query was built)
+        tries: dict[asyncio.Future[Answer], tuple[Upstream, float, bool, Build]] = {}
         used: set[Any] = set()  # TCP connections this query went out on: a retry takes another one
         errors: list[str] = []
         sent = 0
@@ -127,7 +136,7 @@ class Forwarder:
                         self._retry_budget -= 1
                     sent += 1
                     up.queries += 1
-                    tries[up.start(build, check, p.force_tcp, used)] = (up, now, p.force_tcp)
+                    tries[up.start(build, check, p.force_tcp, used)] = (up, now, p.force_tcp, build)
                     next_try = now + min(up.rtt.timeout(p.try_timeout) * backoff, p.try_timeout)
                     backoff *= 2
                 if not tries:
@@ -138,7 +147,7 @@ class Forwarder:
                 done, _ = await asyncio.wait(tries, timeout=max(wake - now, 0.0), return_when=asyncio.FIRST_COMPLETED)
                 now = loop.time()
                 for fut in done:
-                    up, started, tcp = tries.pop(fut)
+                    up, started, tcp, built = tries.pop(fut)
                     exc = fut.exception()
                     if exc is not None:
                         up.failed()
@@ -146,13 +155,17 @@ class Forwarder:
                         next_try = now  # that one is over: the next goes out now
                         continue
                     msg, scan = fut.result()
+                    if scan.rcode == wire.FORMERR and plain is not None and built is not plain:
+                        # RFC 6891 7: FORMERR to an EDNS query may mean no EDNS; ask the same server without it.
+                        tries[up.start(plain, check, tcp, used)] = (up, now, tcp, plain)
+                        continue
                     if scan.flags & (wire.TC << 8) and not tcp:
                         # Truncated over UDP: the same server over TCP gives the whole answer.
-                        tries[up.start(build, check, True, used)] = (up, now, True)
+                        tries[up.start(built, check, True, used)] = (up, now, True, built)
                         continue
                     up.succeeded(now - started, scan.rcode)
                     return msg, scan, up
-                for fut, (up, started, _tcp) in list(tries.items()):
+                for fut, (up, started, _tcp, _built) in list(tries.items()):
                     if now >= started + p.try_timeout or now >= end:
                         del tries[fut]
                         fut.cancel()

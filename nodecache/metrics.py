@@ -268,12 +268,14 @@ class AgentCollector(Collector):
         r = self.resolver
         rejected = CounterMetricFamily(
             "nodecache_rejected_queries_total",
-            "Queries not handled by any zone: malformed (answered FORMERR/NOTIMP), dropped, or outside every zone (REFUSED).",
+            "Queries not handled by any zone: malformed (answered FORMERR/NOTIMP), dropped, outside every zone "
+            "(REFUSED), or zone transfers (AXFR/IXFR: NOTIMP over UDP, REFUSED over TCP).",
             labels=["reason"],
         )
         rejected.add_metric(["malformed"], r.malformed)
         rejected.add_metric(["dropped"], r.dropped)
         rejected.add_metric(["no_zone"], r.refused)
+        rejected.add_metric(["zone_transfer"], r.transfers)
         yield rejected
         yield CounterMetricFamily(
             "coredns_reload_failed_total", "Counter of the number of failed reload attempts.", value=self.reload_failed()

@@ -196,7 +196,8 @@ class Resolver:
         self._max_per_name = config.max_waiting_per_name
         self.malformed = 0
         self.dropped = 0
-        self.refused = 0  # names outside every zone
+        self.refused = 0  # names outside every zone (or whose zone a reload removed)
+        self.transfers = 0  # AXFR/IXFR queries refused: a cache has no zone to transfer
         self._udp_cap = config.max_udp_payload
         self.activity = Activity(time.monotonic)  # sampled top-N, query rate; listeners feed it
         self.query_log: QueryLog | None = None  # set by the server when --query-log is on
@@ -252,7 +253,7 @@ class Resolver:
         try:
             q = wire.scan_query(data)
         except wire.Malformed as exc:
-            return self._malformed(data, exc)
+            return self._malformed(data, exc, via)
         zone = self._memo.get(q.lname)
         if zone is None:
             zone = self.zone_for(q.lname)
@@ -329,11 +330,19 @@ class Resolver:
         except UpstreamError:
             pass  # silence or an error is not a loop; only our probe arriving back is
 
-    def _malformed(self, data: bytes, exc: wire.Malformed) -> bytes | None:
-        """Count a bad packet; FORMERR/NOTIMP/BADVERS when its header is readable."""
+    def _malformed(self, data: bytes, exc: wire.Malformed, via: int) -> bytes | None:
+        """Count a bad packet; FORMERR/NOTIMP/BADVERS when its header is readable.
+
+        AXFR/IXFR are refused apart (never forwarded, never cached): NOTIMP over
+        UDP, where no transfer can run, REFUSED over TCP.
+        """
         if exc.rcode is None:
             self.dropped += 1
             return None
+        if isinstance(exc, wire.ZoneTransfer):
+            self.transfers += 1
+            rcode = wire.REFUSED if via & 1 else wire.NOTIMP
+            return wire.error_reply(data, rcode, exc.qend, exc.edns, exc.do, self._udp_cap)
         self.malformed += 1
         return wire.error_reply(data, exc.rcode, exc.qend, 0, False, self._udp_cap)
 
@@ -503,7 +512,9 @@ class Resolver:
 
     def total_queries(self) -> int:
         """Every query received so far (hits, misses, refused, malformed), the agent's own probes excepted."""
-        return sum(z.hits + z.stats.misses for z in self.zones) + self.refused + self.malformed + self.dropped
+        return (
+            sum(z.hits + z.stats.misses for z in self.zones) + self.refused + self.malformed + self.dropped + self.transfers
+        )
 
     def tick(self) -> None:
         """Once a second: the query rate, the sampling interval, the hits' duration sum.

@@ -107,6 +107,7 @@ def report(
             "refused_no_zone": resolver.refused,
             "malformed": resolver.malformed,
             "dropped": resolver.dropped,
+            "zone_transfer_refused": resolver.transfers,
         },
         "cache": {
             "entries": {k: sum(z["entries"][k] for z in zones) for k in ("success", "denial")},
@@ -176,7 +177,8 @@ def render(r: dict[str, Any]) -> str:
         f"{c['entries']['denial']} denial / {c['capacity']['denial']}, about {_size(c['bytes'])}",
         f"events      {c['evictions']} evictions, {c['stale_served']} stale served, {c['prefetches']} prefetches, "
         f"{c['coalesced']} coalesced",
-        f"rejected    {q['refused_no_zone']} outside every zone, {q['malformed']} malformed, {q['dropped']} dropped",
+        f"rejected    {q['refused_no_zone']} outside every zone, {q['malformed']} malformed, {q['dropped']} dropped, "
+        f"{q.get('zone_transfer_refused', 0)} zone transfers",
         f"misses      {r['misses']['waiting_now']} waiting now; answered early (stale or SERVFAIL): "
         f"{early['deadline']} at the deadline, {early['upstreams_down']} with every upstream down, "
         f"{early['waiting_cap']} over the waiting caps",

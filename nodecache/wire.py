@@ -4,7 +4,8 @@ Everything here works on raw bytes so that a cache hit never builds a dnslib
 object (dnslib needs tens of microseconds to parse a query; a hit must cost a
 few dict and bytes operations). Each function is small, bounds-checked and
 fuzzed (tests/test_wire_fuzz.py): malformed input raises `Malformed`, nothing
-else.
+else. The one exception to "bytes only" is rare and on the miss path: an
+upstream reply with records after its OPT is rebuilt by dnslib (`_without_opt`).
 
 Layout reminders (RFC 1035 4.1): a 12-byte header (ID, two flag bytes, four
 16-bit counts), the question (name, type, class), then resource records
@@ -21,7 +22,11 @@ MIN_UDP_PAYLOAD = 512  # RFC 1035: what a client without EDNS can take
 MAX_NAME_LEN = 255
 TYPE_SOA = 6
 TYPE_OPT = 41
+TYPE_IXFR = 251
+TYPE_AXFR = 252
+TYPE_ANY = 255
 EDNS_VERSION = 0
+OPT_LEN = 11  # an OPT record without options: root name, type, class, TTL, RDLEN
 
 # Response codes (RFC 1035, RFC 6891 for the extended BADVERS).
 NOERROR = 0
@@ -60,6 +65,26 @@ class Malformed(Exception):
         super().__init__(why)
         self.rcode = rcode
         self.qend = qend  # end of a readable question, 0 when there is none
+
+
+class ZoneTransfer(Malformed):
+    """An AXFR or IXFR query: a cache has no zone to transfer, so it is never forwarded.
+
+    `rcode` is NOTIMP, right for UDP (where no transfer can happen); the
+    caller answers REFUSED over TCP. `edns` and `do` let the refusal carry the
+    OPT record an EDNS client expects (RFC 6891 7).
+    """
+
+    def __init__(self, qend: int, edns: int, do: bool) -> None:
+        super().__init__("zone transfer (AXFR/IXFR) asked of a cache", NOTIMP, qend)
+        self.edns = edns
+        self.do = do
+
+
+# Low bytes of the query types scan_query refuses (OPT, IXFR, AXFR); a high byte of 0 is checked apart.
+_REFUSED_QTYPE = tuple(t in (TYPE_OPT, TYPE_IXFR, TYPE_AXFR) for t in range(256))
+_NO_RECORDS = bytes(6)  # the answer, authority and additional counts of a bare question
+_ONE_ADDITIONAL = bytes((0, 0, 0, 0, 0, 1))  # ... of a question with one OPT
 
 
 class Query(NamedTuple):
@@ -129,10 +154,22 @@ def _rr(msg: bytes, i: int) -> tuple[int, int, int, int]:
     return rtype, j + 4, rd_start, rd_end
 
 
+def record_end(msg: bytes, i: int) -> int:
+    """The offset just past the resource record at `i` (for truncating at record boundaries)."""
+    return _rr(msg, i)[3]
+
+
 def _find_opt(msg: bytes, i: int, an: int, ns: int, ar: int) -> int:
-    """Return the offset of the OPT record in the additional section, or -1."""
+    """Walk a query's records: the offset of its OPT record, or -1 when it has none.
+
+    Malformed (FORMERR): an OPT outside the additional section, two OPTs or
+    one not owned by the root (RFC 6891 6.1.1), a record running past the
+    end, or bytes left over after the last record.
+    """
     for _ in range(an + ns):
-        i = _rr(msg, i)[3]
+        rtype, _ttl, _rd, i = _rr(msg, i)
+        if rtype == TYPE_OPT:
+            raise Malformed("OPT record outside the additional section")
     found = -1
     for _ in range(ar):
         rtype, _ttl, _rd, end = _rr(msg, i)
@@ -141,11 +178,18 @@ def _find_opt(msg: bytes, i: int, an: int, ns: int, ar: int) -> int:
                 raise Malformed("more than one OPT, or OPT not at the root")
             found = i
         i = end
+    if i != len(msg):
+        raise Malformed("trailing bytes after the last record")
     return found
 
 
 def scan_query(data: bytes) -> Query:
-    """Read what a client asked, straight from the bytes."""
+    """Read what a client asked, straight from the bytes.
+
+    The common shapes (nothing after the question, or one OPT record that
+    ends the message) take a few index tests; anything else walks every
+    record (`_find_opt`). Qtype OPT is FORMERR; AXFR/IXFR raise ZoneTransfer.
+    """
     n = len(data)
     if n < HEADER_LEN:
         raise Malformed("shorter than a DNS header", None)
@@ -160,16 +204,27 @@ def scan_query(data: bytes) -> Query:
     flag = KEY_CD if data[3] & CD else 0
     payload = MIN_UDP_PAYLOAD
     edns = 0
-    if data[10] or data[11]:  # additional records: look for OPT
+    if qend == n:  # nothing after the question: every count must say so
+        if data[6:12] != _NO_RECORDS:
+            raise Malformed("record counts but no records", FORMERR, qend)
+    else:
         o = qend
-        if not (data[6] or data[7] or data[8] or data[9]) and data[11] == 1 and data[10] == 0:
-            # Common shape: the OPT is the only record after the question.
-            if o + 11 > n or data[o] != 0 or data[o + 1] != 0 or data[o + 2] != TYPE_OPT:
-                o = _find_opt(data, qend, 0, 0, 1)
-        else:
-            o = _find_opt(
-                data, qend, data[6] << 8 | data[7], data[8] << 8 | data[9], data[10] << 8 | data[11]
-            )
+        if not (
+            # Common shape: the OPT is the only record after the question, and ends the message.
+            data[6:12] == _ONE_ADDITIONAL
+            and o + 11 <= n
+            and data[o] == 0
+            and data[o + 1] == 0
+            and data[o + 2] == TYPE_OPT
+            and o + 11 + (data[o + 9] << 8 | data[o + 10]) == n
+        ):
+            try:
+                o = _find_opt(
+                    data, qend, data[6] << 8 | data[7], data[8] << 8 | data[9], data[10] << 8 | data[11]
+                )
+            except Malformed as exc:
+                exc.qend = qend
+                raise
         if o >= 0:
             if data[o + 6] != EDNS_VERSION:
                 raise Malformed("unsupported EDNS version", BADVERS, qend)
@@ -179,6 +234,10 @@ def scan_query(data: bytes) -> Query:
                 payload = size
             if data[o + 7] & 0x80:
                 flag |= KEY_DO
+    if _REFUSED_QTYPE[data[qend - 3]] and not data[qend - 4]:
+        if data[qend - 3] == TYPE_OPT:
+            raise Malformed("qtype OPT is not a question (RFC 6891 6.1.1)", FORMERR, qend)
+        raise ZoneTransfer(qend, edns, flag & KEY_DO == KEY_DO)
     # tuple.__new__ skips NamedTuple's Python-level __new__: a third of this function's cost.
     key = lname + data[qend - 4 : qend] + _KEY_FLAG[flag]
     return _new_query(Query, (key, lname, qend, payload, edns, flag & KEY_DO == KEY_DO))
@@ -191,13 +250,14 @@ def opt_record(payload: int, do: bool, ext_rcode: int = 0) -> bytes:
     )
 
 
-def make_query(qid: int, question: bytes, do: bool, cd: bool, payload: int) -> bytes:
-    """An upstream query: RD set, our own OPT, the client's DO and CD bits."""
-    return (
-        bytes((qid >> 8, qid & 0xFF, RD, CD if cd else 0, 0, 1, 0, 0, 0, 0, 0, 1))
-        + question
-        + opt_record(payload, do)
-    )
+def make_query(qid: int, question: bytes, do: bool, cd: bool, payload: int, edns: bool = True) -> bytes:
+    """An upstream query: RD set, the client's DO and CD bits, our own OPT.
+
+    `edns` False leaves the OPT out (and so DO): the retry after an upstream
+    answered FORMERR to EDNS (RFC 6891 7).
+    """
+    head = bytes((qid >> 8, qid & 0xFF, RD, CD if cd else 0, 0, 1, 0, 0, 0, 0, 0, 1 if edns else 0))
+    return head + question + opt_record(payload, do) if edns else head + question
 
 
 def error_reply(data: bytes, rcode: int, qend: int, edns: int, do: bool, payload: int) -> bytes:
@@ -229,20 +289,30 @@ class ReplyScan:
     ttls: list[int]  # their values; a set top bit reads as 0 (RFC 2181 8)
     soa_ttl: int | None  # first SOA in the authority section, for RFC 2308
     soa_minimum: int | None
+    has_type: bool = True  # the answer section holds the asked type (False: a bare CNAME chain)
+
+
+# Error rcodes an upstream may send without echoing the question (RFC 6891 7, RFC 1035 4.1.1).
+_QUESTIONLESS_RCODES = (FORMERR, SERVFAIL, NOTIMP)
 
 
 def scan_reply(msg: bytes, lname: bytes, qtc: bytes) -> ReplyScan:
     """Take an upstream reply apart; raise Malformed if it does not answer us.
 
     `lname` and `qtc` are the lowercased name and the type+class we asked.
-    The OPT record is removed from the body (each client gets its own), and
-    it must be the last record: moving records would break name compression.
+    The OPT record is removed from the body (each client gets its own). It
+    may sit anywhere in the additional section (RFC 6891 6.1.1); when records
+    follow it, the rare message is rebuilt without it (`_without_opt`).
+    FORMERR, SERVFAIL and NOTIMP are accepted without a question (the
+    caller matched the ID): such a reply scans as that rcode and no records.
     """
     n = len(msg)
     if n < HEADER_LEN:
         raise Malformed("reply shorter than a header")
     if not msg[2] & QR or msg[2] & 0x78:
         raise Malformed("not a QUERY response")
+    if not (msg[4] or msg[5]) and msg[3] & 0x0F in _QUESTIONLESS_RCODES:
+        return _questionless(msg)
     if msg[4] or msg[5] != 1:
         raise Malformed("reply question count is not 1")
     qend = _scan_question(msg)
@@ -251,10 +321,12 @@ def scan_reply(msg: bytes, lname: bytes, qtc: bytes) -> ReplyScan:
     an = msg[6] << 8 | msg[7]
     ns = msg[8] << 8 | msg[9]
     ar = msg[10] << 8 | msg[11]
+    qtype = qtc[0] << 8 | qtc[1]
+    has_type = qtype == TYPE_ANY and an > 0
     offsets: list[int] = []
     ttls: list[int] = []
     soa_ttl = soa_min = None
-    opt_at = -1
+    opt_at = opt_end = -1
     ext = 0
     i = qend
     for index in range(an + ns + ar):
@@ -263,11 +335,11 @@ def scan_reply(msg: bytes, lname: bytes, qtc: bytes) -> ReplyScan:
         if rtype == TYPE_OPT:
             if index < an + ns or opt_at >= 0:
                 raise Malformed("misplaced or repeated OPT in reply")
-            opt_at = start
+            opt_at, opt_end = start, i
             ext = msg[ttl_at] << 4
             continue
-        if opt_at >= 0:
-            raise Malformed("OPT is not the last record")
+        if index < an and rtype == qtype:
+            has_type = True
         ttl = int.from_bytes(msg[ttl_at : ttl_at + 4], "big")
         if ttl & 0x80000000:
             ttl = 0
@@ -278,6 +350,8 @@ def scan_reply(msg: bytes, lname: bytes, qtc: bytes) -> ReplyScan:
                 raise Malformed("SOA record too short")
             soa_ttl = ttl
             soa_min = int.from_bytes(msg[i - 4 : i], "big")
+    if 0 <= opt_end < i:
+        return _without_opt(msg, lname, qtc, ext)
     end = opt_at if opt_at >= 0 else i
     return ReplyScan(
         rcode=ext | (msg[3] & 0x0F),
@@ -290,7 +364,49 @@ def scan_reply(msg: bytes, lname: bytes, qtc: bytes) -> ReplyScan:
         ttls=ttls,
         soa_ttl=soa_ttl,
         soa_minimum=soa_min,
+        has_type=has_type,
     )
+
+
+def _questionless(msg: bytes) -> ReplyScan:
+    """A FORMERR/SERVFAIL/NOTIMP reply without a question: its rcode, no records.
+
+    Whatever records it carries are checked for shape but dropped (an error
+    says nothing cacheable); an OPT among them contributes its extended rcode
+    bits, and a reply whose full rcode is then another one is not accepted.
+    """
+    ext = 0
+    i = HEADER_LEN
+    for _ in range((msg[6] << 8 | msg[7]) + (msg[8] << 8 | msg[9]) + (msg[10] << 8 | msg[11])):
+        rtype, ttl_at, _rd, i = _rr(msg, i)
+        if rtype == TYPE_OPT:
+            ext = msg[ttl_at] << 4
+    if ext:
+        raise Malformed("question-less reply with an extended rcode")
+    return ReplyScan(msg[3] & 0x0F, msg[2] << 8 | msg[3], 0, 0, 0, b"", [], [], None, None, False)
+
+
+def _without_opt(msg: bytes, lname: bytes, qtc: bytes, ext: int) -> ReplyScan:
+    """scan_reply of `msg` rebuilt by dnslib without its OPT record, which records follow.
+
+    Cutting the OPT out of the bytes would move the records after it, and
+    their names (owners and names inside RDATA) may be compressed pointers
+    to each other; which RDATA hold names depends on the type. Re-encoding
+    the whole message is simpler and safe, and this shape is rare enough
+    that the miss path can afford dnslib for it. `ext` is the OPT's
+    extended rcode, which the rebuilt message has lost.
+    """
+    from dnslib import DNSRecord  # here, not at the top: nothing on the hit path needs dnslib
+
+    try:
+        rec = DNSRecord.parse(msg)
+        rec.ar = [rr for rr in rec.ar if rr.rtype != TYPE_OPT]
+        rebuilt = bytes(rec.pack())
+    except Exception as exc:  # dnslib raises many kinds (DNSError, UnicodeDecodeError, struct.error...)
+        raise Malformed(f"cannot rebuild a reply without its OPT record: {exc}") from None
+    scan = scan_reply(rebuilt, lname, qtc)
+    scan.rcode |= ext
+    return scan
 
 
 def with_ttls(body: bytes, offsets: list[int], ttls: list[int], elapsed: int) -> bytes:

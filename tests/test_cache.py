@@ -104,6 +104,24 @@ CLASSIFY_TABLE = [
         Kind.DENIAL,
         id="NXDOMAIN after CNAME with SOA",
     ),
+    pytest.param(
+        reply(answers=[cname(NAME, "web.example.com.", 60)], authority=[soa(ZONE, 60, 60)]),
+        Kind.DENIAL,
+        id="CNAME then NODATA with SOA",
+    ),
+    pytest.param(
+        reply(
+            answers=[cname(NAME, "a.example.com.", 60), cname("a.example.com.", "b.example.com.", 60)],
+            authority=[soa(ZONE, 60, 60)],
+        ),
+        Kind.DENIAL,
+        id="CNAME chain then NODATA with SOA",
+    ),
+    pytest.param(
+        reply(answers=[cname(NAME, "web.example.com.", 60), a("web.example.com.", 60)], authority=[soa(ZONE, 60, 60)]),
+        Kind.SUCCESS,
+        id="CNAME then the asked type, SOA too",
+    ),
     pytest.param(reply(rcode=3), None, id="NXDOMAIN without SOA"),
     pytest.param(reply(), None, id="NODATA without SOA"),
     pytest.param(
@@ -170,6 +188,21 @@ POLICY = CachePolicy(success_max_ttl=30, denial_max_ttl=5, servfail_ttl=4)
         pytest.param(reply(authority=[soa(ZONE, 4, 1)]), 1, id="NODATA MINIMUM smaller"),
         pytest.param(reply(rcode=3, authority=[soa(ZONE, 3600, 0)]), 0, id="denial MINIMUM 0"),
         pytest.param(reply(rcode=3, authority=[soa(ZONE, 0, 300)]), 0, id="denial SOA TTL 0"),
+        pytest.param(
+            reply(answers=[cname(NAME, "web.example.com.", 300)], authority=[soa(ZONE, 300, 3)]),
+            3,
+            id="CNAME then NODATA: SOA MINIMUM, not the CNAME TTL",
+        ),
+        pytest.param(
+            reply(rcode=3, answers=[cname(NAME, "gone.example.com.", 300)], authority=[soa(ZONE, 4, 300)]),
+            4,
+            id="CNAME then NXDOMAIN: SOA TTL",
+        ),
+        pytest.param(
+            reply(rcode=3, answers=[cname(NAME, "gone.example.com.", 2)], authority=[soa(ZONE, 60, 60)]),
+            2,
+            id="CNAME then NXDOMAIN: no longer than the CNAME",
+        ),
         pytest.param(reply(rcode=2), 4, id="SERVFAIL"),
         pytest.param(reply(rcode=5), 0, id="REFUSED"),
         pytest.param(reply(rcode=3), 0, id="NXDOMAIN without SOA"),
@@ -568,27 +601,67 @@ class TestEntryReply:
         assert full_rcode(parse(replay(entry, query(edns=1232), clock.now()))) == rcode
 
     def test_truncated_when_too_big(self, clock: FakeClock) -> None:
-        """Larger than the client's limit: TC=1, question kept, no records; OPT kept for EDNS clients."""
+        """Larger than the client's limit: TC=1, as many whole answers as fit, OPT kept for EDNS clients."""
         answers = [a(NAME, 60, f"192.0.2.{i}") for i in range(60)]
         entry = cached(reply(answers=answers), clock)
         big = parse(replay(entry, query(edns=4096), clock.now()))
         assert big.header.tc == 0 and len(big.rr) == 60
-        for client, has_opt in ((query(), False), (query(edns=1000), True), (query(edns=100), True)):
+        for client, has_opt in ((query(), False), (query(edns=700), True), (query(edns=100), True)):
             out = replay(entry, client, clock.now())
             rec = parse(out)
-            assert len(out) <= wire.scan_query(client).payload
+            limit = wire.scan_query(client).payload
+            assert len(out) <= limit < len(out) + 16  # one more A record (16 bytes compressed) would not fit
             assert rec.header.tc == 1
-            assert (rec.header.a, rec.header.auth, len(rec.rr), len(rec.auth)) == (0, 0, 0, 0)
+            assert 0 < rec.header.a == len(rec.rr) < 60 and rec.header.auth == 0
+            assert [str(rr.rdata) for rr in rec.rr] == [f"192.0.2.{i}" for i in range(len(rec.rr))]
             assert (opt_of(rec) is not None) == has_opt and rec.header.ar == int(has_opt)
             assert str(rec.q.qname) == NAME and rec.header.id == 0x1234
 
     def test_limit_boundary(self, clock: FakeClock) -> None:
-        """A reply of exactly `limit` bytes fits; one byte less and it is truncated."""
+        """A reply of exactly `limit` bytes fits; one byte less and the last record goes, with TC."""
         entry = cached(reply(answers=[a(NAME, 60, f"192.0.2.{i}") for i in range(10)]), clock)
         full = replay(entry, query(), clock.now(), limit=65535)
         assert parse(replay(entry, query(), clock.now(), limit=len(full))).header.tc == 0
         cut = parse(replay(entry, query(), clock.now(), limit=len(full) - 1))
-        assert cut.header.tc == 1 and len(cut.rr) == 0
+        assert cut.header.tc == 1 and len(cut.rr) == 9
+
+    def test_truncation_keeps_section_order_and_sets_tc_for_authority(self, clock: FakeClock) -> None:
+        """Records go in order: answers, then authority; losing an authority record sets TC too."""
+        msg = reply(
+            rcode=wire.NXDOMAIN,
+            answers=[cname(NAME, "gone.example.com.", 60)],
+            authority=[soa(ZONE, 60, 60), RR(ZONE, QTYPE.NS, rdata=NS("ns1.example.com."), ttl=60)],
+        )
+        entry = cached(msg, clock)
+        full = replay(entry, query(), clock.now(), limit=65535)
+        rec = parse(replay(entry, query(), clock.now(), limit=len(full) - 1))
+        assert (rec.header.tc, rec.header.a, rec.header.auth) == (1, 1, 1)
+        assert [rr.rtype for rr in rec.rr + rec.auth] == [QTYPE.CNAME, QTYPE.SOA]
+        assert rec.header.rcode == wire.NXDOMAIN
+
+    def test_dropping_only_additional_records_leaves_tc_clear(self, clock: FakeClock) -> None:
+        """RFC 2181 9: additional data that does not fit is left out without TC."""
+        glue = [a(f"ns{i}.example.com.", 60, f"192.0.2.{i}") for i in range(40)]
+        msg = reply(answers=[a(NAME, 60)], authority=[RR(ZONE, QTYPE.NS, rdata=NS("ns1.example.com."), ttl=60)],
+                    additional=[*glue, opt(4096)])  # fmt: skip
+        entry = cached(msg, clock)
+        for client in (query(), query(edns=600)):
+            out = replay(entry, client, clock.now())
+            rec = parse(out)
+            assert len(out) <= wire.scan_query(client).payload
+            assert rec.header.tc == 0 and (len(rec.rr), len(rec.auth)) == (1, 1)
+            kept = [rr for rr in rec.ar if rr.rtype == QTYPE.A]
+            assert 0 < len(kept) < 40
+            assert [str(rr.rname) for rr in kept] == [f"ns{i}.example.com." for i in range(len(kept))]
+
+    def test_cut_depends_on_the_limit_not_on_the_first_client(self, clock: FakeClock) -> None:
+        """Clients with different limits each get their own cut, in any order, again and again."""
+        entry = cached(reply(answers=[a(NAME, 60, f"192.0.2.{i}") for i in range(60)]), clock)
+        sizes = [512, 700, 1000, 512, 600, 700, 800, 900, 512]
+        counts = [len(parse(replay(entry, query(edns=s), clock.now())).rr) for s in sizes]
+        again = [len(parse(replay(entry, query(edns=s), clock.now())).rr) for s in sizes]
+        assert counts == again
+        assert counts[0] < counts[1] < counts[2] and counts[0] == counts[3] == counts[8]
 
     @pytest.mark.parametrize("stale_ttl", [30, 0, 1])
     def test_stale_reply_sets_every_ttl(self, stale_ttl: int, clock: FakeClock) -> None:
@@ -614,4 +687,5 @@ class TestEntryReply:
         q = wire.scan_query(client)
         out = entry.stale_reply(client, q.qend, q.edns, q.payload, 30)
         rec = parse(out)
-        assert len(out) <= 512 and rec.header.tc == 1 and len(rec.rr) == 0
+        assert len(out) <= 512 and rec.header.tc == 1 and 0 < len(rec.rr) < 60
+        assert ttls_of(rec) == [30] * len(rec.rr)

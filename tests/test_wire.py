@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from dnslib import CLASS, EDNS0, QTYPE, RR, TXT, DNSHeader, DNSQuestion, DNSRecord
+from dnslib import CLASS, CNAME, EDNS0, QTYPE, RR, TXT, A, DNSHeader, DNSQuestion, DNSRecord
 
 from nodecache import wire
 from tests.dnsmsg import (
@@ -226,8 +226,27 @@ def _mutate_query(kind: str) -> bytes:
         + b"\x01x\x00"
         + bytes(good[qe + 1 :]),
         "additional record cut": good[:-3],
+        "OPT in the answer section": with_header(good, counts=(1, 1, 0, 0)),
+        "OPT in the authority section": with_header(good, counts=(1, 0, 1, 0)),
+        "OPT in the answer, another after it": with_header(good + good[qe:], counts=(1, 1, 0, 1)),
+        "OPT RDLEN past the end": good[:-2] + b"\x00\x08",
+        "OPT RDLEN past the end among others": with_header(
+            raw_question_msg(name_wire(NAME)) + bytes(a_rr) + good[qe:-2] + b"\x00\x04", counts=(1, 0, 0, 2)
+        ),
+        "trailing byte after the question": query(NAME) + b"\x00",
+        "trailing bytes after the OPT": good + b"\x00\x00",
+        "trailing bytes after other records": with_header(query(NAME) + bytes(a_rr) + b"xx", counts=(1, 0, 0, 1)),
+        "counts but no records": with_header(query(NAME), counts=(1, 0, 0, 1)),
+        "qtype OPT": query(NAME, 41),
+        "qtype OPT with EDNS": query(NAME, 41, edns=1232),
+        "AXFR": query(ZONE, "AXFR"),
+        "IXFR": query(ZONE, "IXFR", edns=1232),
     }
     return table[kind]
+
+
+# A whole A record for glue.example. (no compression), to put among a query's records.
+a_rr = name_wire("glue.example.") + struct.pack("!HHIH", 1, 1, 60, 4) + bytes((192, 0, 2, 9))
 
 
 class TestScanQueryRejects:
@@ -265,6 +284,19 @@ class TestScanQueryRejects:
             ("two OPT records", wire.FORMERR),  # RFC 6891 6.1.1
             ("OPT not at the root", wire.FORMERR),
             ("additional record cut", wire.FORMERR),
+            ("OPT in the answer section", wire.FORMERR),
+            ("OPT in the authority section", wire.FORMERR),
+            ("OPT in the answer, another after it", wire.FORMERR),
+            ("OPT RDLEN past the end", wire.FORMERR),
+            ("OPT RDLEN past the end among others", wire.FORMERR),
+            ("trailing byte after the question", wire.FORMERR),
+            ("trailing bytes after the OPT", wire.FORMERR),
+            ("trailing bytes after other records", wire.FORMERR),
+            ("counts but no records", wire.FORMERR),
+            ("qtype OPT", wire.FORMERR),  # RFC 6891 6.1.1: OPT is never asked for
+            ("qtype OPT with EDNS", wire.FORMERR),
+            ("AXFR", wire.NOTIMP),  # NOTIMP is the UDP answer; the resolver makes it REFUSED over TCP
+            ("IXFR", wire.NOTIMP),
         ],
     )
     def test_rejected_with_rcode(self, kind: str, rcode: int | None) -> None:
@@ -272,6 +304,35 @@ class TestScanQueryRejects:
         with pytest.raises(wire.Malformed) as info:
             wire.scan_query(_mutate_query(kind))
         assert info.value.rcode == rcode
+
+    @pytest.mark.parametrize(
+        "kind", ["OPT in the answer section", "OPT RDLEN past the end", "trailing bytes after the OPT", "qtype OPT"]
+    )
+    def test_formerr_for_bad_records_keeps_the_question(self, kind: str) -> None:
+        """The question was readable, so the FORMERR reply can echo it."""
+        with pytest.raises(wire.Malformed) as info:
+            wire.scan_query(_mutate_query(kind))
+        assert info.value.qend == qend_of(NAME, 41 if "qtype" in kind else "A")
+
+    @pytest.mark.parametrize(("qtype", "edns", "do"), [("AXFR", None, False), ("IXFR", 1232, True), ("AXFR", 4096, False)])
+    def test_zone_transfers_are_flagged_with_the_clients_edns(self, qtype: str, edns: int | None, do: bool) -> None:
+        """AXFR and IXFR raise ZoneTransfer, carrying what the refusal needs to echo an OPT."""
+        with pytest.raises(wire.ZoneTransfer) as info:
+            wire.scan_query(query(ZONE, qtype, edns=edns, do=do))
+        e = info.value
+        assert (e.rcode, e.qend, e.edns, e.do) == (wire.NOTIMP, qend_of(ZONE, qtype), int(edns is not None), do)
+
+    def test_ixfr_with_its_soa_in_authority_is_a_zone_transfer(self) -> None:
+        """RFC 1995: an IXFR query carries the client's SOA in the authority section; still refused, not FORMERR."""
+        rec = DNSRecord(DNSHeader(id=9), q=DNSQuestion(ZONE, QTYPE.IXFR))
+        rec.add_auth(soa(ZONE, 60, 60))
+        with pytest.raises(wire.ZoneTransfer):
+            wire.scan_query(bytes(rec.pack()))
+
+    @pytest.mark.parametrize("qtype", [1, 28, 40, 42, 250, 253, 255, 41 + 256, 252 + 256, 65535])
+    def test_neighbouring_qtypes_are_ordinary(self, qtype: int) -> None:
+        """Only 41, 251 and 252 are refused: types next to them, or sharing their low byte, are queries."""
+        assert wire.scan_query(query(NAME, qtype, edns=1232)).key[-5:-3] == struct.pack("!H", qtype)
 
     @pytest.mark.parametrize("version", [1, 2, 255])
     def test_badvers_keeps_the_question(self, version: int) -> None:
@@ -305,6 +366,15 @@ class TestMakeQuery:
         assert o is not None
         assert (o.edns_len, o.edns_do, o.edns_ver, o.edns_rcode) == (payload, int(do), 0, 0)
         assert str(o.rname) == "."
+
+    @pytest.mark.parametrize("do", [False, True])
+    def test_without_edns(self, do: bool) -> None:
+        """edns=False: no OPT at all (so no DO), for the retry after an upstream FORMERR (RFC 6891 7)."""
+        question = question_bytes(NAME, "A")
+        msg = wire.make_query(0x4242, question, do, True, 1232, edns=False)
+        rec = parse(msg)
+        assert (rec.header.id, rec.header.rd, rec.header.cd, rec.header.ar) == (0x4242, 1, 1, 0)
+        assert opt_of(rec) is None and msg == msg[:12] + question
 
     def test_is_a_valid_query_for_scan_query(self) -> None:
         """Our own upstream query passes our own query checks with the same key."""
@@ -460,7 +530,15 @@ class TestScanReply:
             pytest.param(reply(answers=[a(NAME, 60)])[:-1], id="answer rdata cut"),
             pytest.param(reply(answers=[a(NAME, 60)])[: qend_of(NAME) + 5], id="answer header cut"),
             pytest.param(with_header(reply(answers=[a(NAME, 60)]), counts=(1, 2, 0, 0)), id="answer count too high"),
-            pytest.param(reply(additional=[opt(), a(NAME, 60)]), id="OPT not last"),
+            pytest.param(with_header(reply(rcode=wire.NXDOMAIN), counts=(0, 0, 0, 0))[:12], id="no question NXDOMAIN"),
+            pytest.param(with_header(reply(rcode=wire.REFUSED), counts=(0, 0, 0, 0))[:12], id="no question REFUSED"),
+            pytest.param(with_header(reply(rcode=wire.SERVFAIL), counts=(0, 1, 0, 0))[:12], id="no question, record cut"),
+            pytest.param(
+                with_header(reply(rcode=wire.FORMERR, additional=[opt(ext_rcode=1)]), counts=(0, 0, 0, 1))[:12]
+                + bytes(wire.opt_record(1232, False, 1)),
+                id="no question, extended rcode",
+            ),
+            pytest.param(reply(additional=[opt(), a(NAME, 60), opt()]), id="two OPT around a record"),
             pytest.param(reply(answers=[opt()]), id="OPT in answer"),
             pytest.param(reply(authority=[opt()]), id="OPT in authority"),
             pytest.param(reply(additional=[opt(), opt()]), id="two OPT"),
@@ -489,6 +567,71 @@ class TestScanReply:
             (str(r.rname), r.rtype, r.ttl) for r in records(parse(msg))
         ]
         assert back.header.ar == 1
+
+    @pytest.mark.parametrize("where", [0, 1, 2])
+    def test_opt_anywhere_in_additional(self, where: int) -> None:
+        """RFC 6891 6.1.1: OPT may sit anywhere in the additional section; the records read back the same."""
+        glue = [a("ns1.example.com.", 77, "192.0.2.53"), a("ns2.example.com.", 78, "192.0.2.54")]
+        extra = [*glue[:where], opt(4096, do=True, ext_rcode=2), *glue[where:]]
+        msg = reply(rcode=3, answers=[cname(NAME, "web.example.com.", 60)], authority=[soa(ZONE, 100, 50)],
+                    additional=extra)  # fmt: skip
+        s = scan(msg)
+        assert (s.rcode, s.answers, s.authority, s.additional) == (2 << 4 | 3, 1, 1, 2)
+        assert (s.soa_ttl, s.soa_minimum) == (100, 50)
+        back = parse(rebuilt(msg, s))
+        assert opt_of(back) is None and back.header.ar == 2
+        want = [(str(r.rname), r.rtype, r.ttl, str(r.rdata)) for r in records(parse(msg))]
+        assert [(str(r.rname), r.rtype, r.ttl, str(r.rdata)) for r in records(back)] == want
+        assert s.ttls == [60, 100, 77, 78]
+        new = wire.with_ttls(s.body, s.ttl_offsets, [1, 2, 3, 4], 0)
+        assert ttls_of(parse(rebuilt(msg, s, new))) == [1, 2, 3, 4]
+
+    def test_opt_before_records_that_compress_against_each_other(self) -> None:
+        """Names after the OPT that point at each other (and into RDATA) still read back right."""
+        extra = [
+            opt(1232),
+            RR("ns1.sub.example.com.", QTYPE.A, rdata=A("192.0.2.1"), ttl=5),
+            RR("ns2.sub.example.com.", QTYPE.A, rdata=A("192.0.2.2"), ttl=6),
+            RR("x.ns2.sub.example.com.", QTYPE.CNAME, rdata=CNAME("ns1.sub.example.com."), ttl=7),
+        ]
+        msg = reply(answers=[a(NAME, 60)], additional=extra)
+        s = scan(msg)
+        back = parse(rebuilt(msg, s))
+        assert [(str(r.rname), str(r.rdata)) for r in records(back)] == [
+            (NAME, "192.0.2.1"),
+            ("ns1.sub.example.com.", "192.0.2.1"),
+            ("ns2.sub.example.com.", "192.0.2.2"),
+            ("x.ns2.sub.example.com.", "ns1.sub.example.com."),
+        ]
+
+    @pytest.mark.parametrize("rcode", [wire.FORMERR, wire.SERVFAIL, wire.NOTIMP])
+    @pytest.mark.parametrize("with_opt", [False, True])
+    def test_error_without_a_question(self, rcode: int, with_opt: bool) -> None:
+        """FORMERR, SERVFAIL and NOTIMP may come back without the question: that rcode, nothing else."""
+        msg = struct.pack("!HBBHHHH", 0x1234, wire.QR | wire.RD, wire.RA | rcode, 0, 0, 0, int(with_opt))
+        s = scan(msg + (wire.opt_record(1232, False) if with_opt else b""))
+        assert (s.rcode, s.answers, s.authority, s.additional, s.body, s.ttls) == (rcode, 0, 0, 0, b"", [])
+
+    @pytest.mark.parametrize(
+        ("answers", "qtype", "has"),
+        [
+            ([a(NAME, 60)], "A", True),
+            ([cname(NAME, "web.example.com.", 60)], "A", False),
+            ([cname(NAME, "web.example.com.", 60), a("web.example.com.", 60)], "A", True),
+            ([cname(NAME, "web.example.com.", 60)], "CNAME", True),
+            ([cname(NAME, "web.example.com.", 60), a("web.example.com.", 60)], "AAAA", False),
+            ([a(NAME, 60)], "ANY", True),
+            ([], "ANY", False),
+        ],
+    )
+    def test_has_type(self, answers: list[RR], qtype: str, has: bool) -> None:
+        """Whether the answer section holds the asked type (a bare CNAME chain does not)."""
+        assert scan(reply(NAME, qtype, answers=answers), qtype=qtype).has_type is has
+
+    def test_asked_type_in_authority_does_not_count(self) -> None:
+        """Only the answer section answers."""
+        msg = reply(answers=[cname(NAME, "web.example.com.", 60)], additional=[a("web.example.com.", 60)])
+        assert scan(msg).has_type is False
 
     def test_without_opt_body_is_unchanged(self) -> None:
         """Without OPT nothing is cut and the additional count stays."""
@@ -598,6 +741,21 @@ class TestWithTtls:
         changed = {i for i in range(len(body)) if body[i] != before[i]}
         allowed = {off + k for off in s.ttl_offsets for k in range(4)}
         assert changed and changed <= allowed
+
+
+def test_record_end_walks_a_body_record_by_record() -> None:
+    """record_end steps over whole records, compressed names included, to the end of the body."""
+    msg = reply(answers=[cname(NAME, "web.example.com.", 60), a("web.example.com.", 10)], authority=[soa(ZONE, 5, 5)])
+    s = scan(msg)
+    ends = []
+    i = 0
+    for _ in range(3):
+        i = wire.record_end(s.body, i)
+        ends.append(i)
+    assert ends[-1] == len(s.body) and ends == sorted(set(ends))
+    assert [off + 6 < end for off, end in zip(s.ttl_offsets, ends)] == [True] * 3  # each TTL inside its record
+    with pytest.raises(wire.Malformed):
+        wire.record_end(s.body, len(s.body) - 3)
 
 
 def test_reply_id() -> None:

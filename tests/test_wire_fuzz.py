@@ -9,14 +9,14 @@ from __future__ import annotations
 import string
 import struct
 
-from dnslib import CLASS, QTYPE, RR, TXT, DNSBuffer, DNSHeader, DNSRecord
+from dnslib import CLASS, NS, QTYPE, RR, TXT, DNSBuffer, DNSHeader, DNSQuestion, DNSRecord
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from nodecache import wire
 from nodecache.cache import ZoneCache
 from nodecache.config import CachePolicy
-from tests.dnsmsg import a, cname, full_rcode, opt, parse, query, question_bytes, reply, soa
+from tests.dnsmsg import a, cname, full_rcode, opt, opt_of, parse, query, question_bytes, reply, soa
 
 FUZZ = settings(max_examples=600, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 SMALL = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -25,7 +25,8 @@ SMALL = settings(max_examples=300, deadline=None, database=None, suppress_health
 LABEL_CHARS = string.ascii_letters + string.digits + "-_"
 labels = st.text(alphabet=LABEL_CHARS, min_size=1, max_size=30)
 names = st.lists(labels, min_size=0, max_size=6).map(lambda ls: ".".join(ls) + "." if ls else ".")
-qtypes = st.integers(min_value=1, max_value=65535).filter(lambda t: t != QTYPE.OPT)
+# OPT, IXFR and AXFR are refused by scan_query (FORMERR / ZoneTransfer); every other type is a query.
+qtypes = st.integers(min_value=1, max_value=65535).filter(lambda t: t not in (QTYPE.OPT, QTYPE.IXFR, QTYPE.AXFR))
 qids = st.integers(min_value=0, max_value=0xFFFF)
 payloads = st.none() | st.integers(min_value=0, max_value=0xFFFF)
 
@@ -44,8 +45,9 @@ def valid_query(name: str = "www.Example.com.", qtype: int = 1, edns: int | None
     return query(name, qtype, edns=edns, do=True)
 
 
-def valid_reply() -> bytes:
-    """An upstream reply exercising every section, compression and OPT."""
+def valid_reply(opt_at: int = 1) -> bytes:
+    """An upstream reply exercising every section, compression and OPT (at `opt_at` among the additional)."""
+    extra = [a("ns1.example.com.", 20), a("ns2.example.com.", 25, "192.0.2.2")]
     return reply(
         "www.example.com.",
         answers=[
@@ -53,7 +55,7 @@ def valid_reply() -> bytes:
             a("web.example.com.", 10),
         ],
         authority=[soa("example.com.", 60, 5)],
-        additional=[a("ns1.example.com.", 20), opt(4096, do=True)],
+        additional=[*extra[:opt_at], opt(4096, do=True), *extra[opt_at:]],
     )
 
 
@@ -154,13 +156,29 @@ def check_scan(s: wire.ReplyScan) -> None:
     q = query("www.example.com.", edns=1232)
     sq = wire.scan_query(q)
     entry = cache.store(sq.key, s, sq.do, 1232)
-    out = entry.reply(q, sq.qend, sq.edns, 512, 1003.0)
-    assert len(out) <= 512 and out[:2] == q[:2] and out[12 : sq.qend] == q[12 : sq.qend]
-    assert len(entry.stale_reply(q, sq.qend, sq.edns, 512, 30)) <= 512
+    for limit in (512, 600):
+        out = entry.reply(q, sq.qend, sq.edns, limit, 1003.0)
+        assert len(out) <= limit and out[:2] == q[:2] and out[12 : sq.qend] == q[12 : sq.qend]
+        stale = entry.stale_reply(q, sq.qend, sq.edns, limit, 30)
+        assert len(stale) <= limit
+        counts = struct.unpack("!HHHH", out[4:12])
+        assert counts[0] == 1 and sum(counts[1:]) <= s.answers + s.authority + s.additional + 1
 
 
 @FUZZ
-@given(mutated(valid_reply()))
+@given(st.sampled_from([wire.FORMERR, wire.SERVFAIL, wire.NOTIMP]), st.binary(max_size=80), st.integers(0, 3),
+       st.integers(0, 3), st.integers(0, 3))  # fmt: skip
+def test_scan_reply_questionless_errors(rcode: int, tail: bytes, an: int, ns: int, ar: int) -> None:
+    """An error reply with no question and anything after its header: Malformed or that bare rcode."""
+    head = struct.pack("!HBBHHHH", 0x1234, wire.QR, wire.RA | rcode, 0, an, ns, ar)
+    result = only_malformed(wire.scan_reply, head + tail, LNAME, QTC)
+    if isinstance(result, wire.ReplyScan):
+        assert (result.rcode, result.answers, result.authority, result.additional, result.body) == (rcode, 0, 0, 0, b"")
+        check_scan(result)
+
+
+@FUZZ
+@given(mutated(valid_reply(2)) | mutated(valid_reply(0)) | mutated(valid_reply(1)))
 def test_scan_reply_mutated_replies(data: bytes) -> None:
     """Mutated replies raise Malformed or give a consistent ReplyScan."""
     result = only_malformed(wire.scan_reply, data, LNAME, QTC)
@@ -247,8 +265,96 @@ def test_entry_reply_to_any_query(
         assert has_opt[0].edns_do == int(do)
     full = len(upstream) - 11 + (11 if edns is not None else 0)  # our OPT replaces the upstream's
     if full > limit:
-        assert rec.header.tc == 1 and rec.header.a == 0 and rec.header.auth == 0
+        assert rec.header.tc == 1 and rec.header.a < len(answers) and rec.header.auth == 0
+        assert [str(rr.rdata) for rr in rec.rr] == [str(rr.rdata) for rr in answers[: rec.header.a]]
     else:
         assert rec.header.tc == 0 and rec.header.a == len(answers)
         upstream_ttls = [min(rr.ttl if rr.ttl < 2**31 else 0, 3600) for rr in answers]
         assert [rr.ttl for rr in rec.rr] == [max(0, t - int(elapsed)) for t in upstream_ttls]
+
+
+# ---------------------------------------------------------------------------- truncation
+
+
+@st.composite
+def any_record(draw: st.DrawFn) -> RR:
+    """A record of a common type under example.com, with names that compress against each other."""
+    owner = draw(st.sampled_from(["www.example.com.", "web.example.com.", "ns1.example.com.", "example.com.",
+                                  "x.web.example.com.", "Other.Example.org."]))  # fmt: skip
+    ttl = draw(st.integers(0, 100_000))
+    kind = draw(st.sampled_from(["a", "cname", "txt", "soa", "ns"]))
+    if kind == "a":
+        return a(owner, ttl, f"192.0.2.{draw(st.integers(0, 255))}")
+    if kind == "cname":
+        return cname(owner, draw(st.sampled_from(["web.example.com.", "cdn.example.net."])), ttl)
+    if kind == "soa":
+        return soa("example.com.", ttl, draw(st.integers(0, 3600)))
+    if kind == "ns":
+        return RR(owner, QTYPE.NS, rdata=NS(draw(st.sampled_from(["ns1.example.com.", "ns2.example.net."]))), ttl=ttl)
+    return RR(owner, QTYPE.TXT, rdata=TXT("t" * draw(st.integers(0, 200))), ttl=ttl)
+
+
+def record_ends(msg: bytes) -> list[int]:
+    """dnslib's own record boundaries in `msg` (offsets just past each record, in wire order)."""
+    buf = DNSBuffer(msg)
+    header = DNSHeader.parse(buf)
+    for _ in range(header.q):
+        DNSQuestion.parse(buf)
+    ends = []
+    for _ in range(header.a + header.auth + header.ar):
+        RR.parse(buf)
+        ends.append(buf.offset)
+    return ends
+
+
+@SMALL
+@given(
+    st.lists(any_record(), max_size=25),
+    st.lists(any_record(), max_size=6),
+    st.lists(any_record(), max_size=25),
+    st.integers(0, 25),
+    st.sampled_from([None, 512, 600, 1232, 1400, 4096]),
+    st.integers(min_value=0, max_value=2000),
+    st.booleans(),
+    st.booleans(),
+)
+def test_truncated_replies_parse_fit_and_keep_whole_records(
+    answers: list[RR], authority: list[RR], additional: list[RR], opt_at: int, edns: int | None, extra_limit: int,
+    stale: bool, rd: bool,
+) -> None:
+    """Any cached reply cut for any limit: dnslib parses it, it fits, it is the full reply's prefix of whole
+    records in order, no further whole record would fit, and TC says whether an answer or authority record went."""
+    name = "www.example.com."
+    ar = [*additional[:opt_at], opt(4096), *additional[opt_at:]]
+    upstream = reply(name, answers=answers, authority=authority, additional=ar)
+    s = wire.scan_reply(upstream, LNAME, QTC)
+    client = query("WWW.example.COM.", edns=edns, rd=rd)
+    q = wire.scan_query(client)
+    cache = ZoneCache(CachePolicy(success_max_ttl=3600, denial_max_ttl=3600, stale_window=60), lambda: 1000.0)
+    entry = cache.store(q.key, s, q.do, 1232)
+    limit = min(q.payload, 512 + extra_limit)
+
+    def render(lim: int) -> bytes:
+        return entry.stale_reply(client, q.qend, q.edns, lim, 30) if stale else entry.reply(client, q.qend, q.edns, lim, 1001.0)
+
+    full, out = render(65535), render(limit)
+    rec = DNSRecord.parse(out)
+    assert len(out) <= limit
+    assert rec.header.id == 0x1234 and rec.header.rd == int(rd) and str(rec.q.qname) == "WWW.example.COM."
+    assert (opt_of(rec) is not None) == (edns is not None)
+    kept = len(rec.rr) + len(rec.auth) + len([r for r in rec.ar if r.rtype != QTYPE.OPT])
+    ends = record_ends(full)
+    total = len(answers) + len(authority) + len(additional)
+    assert len(ends) == total + (edns is not None)
+    body_end = ends[kept - 1] if kept else q.qend
+    assert out[12:body_end] == full[12:body_end]  # the question, then a prefix of whole records
+    assert len(out) == body_end + (wire.OPT_LEN if edns is not None else 0)  # then only the client's OPT
+    assert out[4:12] == struct.pack("!HHHH", 1, len(rec.rr), len(rec.auth), len(rec.ar))
+    if kept < total:  # maximal: one more record would not have fitted
+        assert ends[kept] - body_end + len(out) > limit
+        assert rec.header.tc == int(kept < len(answers) + len(authority))
+    else:
+        assert out == full and rec.header.tc == 0
+    # Asking again, and with other limits in between, gives the same bytes (the memoised cut).
+    render(limit + 100)
+    assert render(limit) == out

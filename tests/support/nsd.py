@@ -15,7 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -263,6 +263,18 @@ remote-control:
         sock = socket_in(self.netns, _family(self.address), socket.SOCK_DGRAM)
         sock.connect((self.address, self.port))
         return sock
+
+
+def with_records(zones: dict[str, str], zone: str, lines: Iterable[str]) -> dict[str, str]:
+    """A copy of `zones` (zone name -> master-file text) with master-file `lines` added to `zone`.
+
+    For record sets one test needs (e.g. a large headless service), without changing the
+    generated zone every other test relies on.
+    """
+    key = zone if zone.endswith(".") else zone + "."
+    if key not in zones:
+        raise ValueError(f"no zone {key} among {sorted(zones)}")
+    return {**zones, key: zones[key] + "".join(line.rstrip("\n") + "\n" for line in lines)}
 
 
 def _family(address: str) -> socket.AddressFamily:
