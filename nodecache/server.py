@@ -20,7 +20,7 @@ from nodecache.control import ControlServer
 from nodecache.endpoints import ALL_ADDRESSES, TEXT, HttpEndpoint, Response, parse_address
 from nodecache.errors import ControlError, ListenError, NodecacheError
 from nodecache.health import Readiness
-from nodecache.listeners import Tasks, TcpConnection, UdpListener, make_socket
+from nodecache.listeners import Tasks, TcpClients, TcpConnection, UdpListener, make_socket
 from nodecache.logs import QueryLog
 from nodecache.metrics import CONTENT_TYPE, AgentCollector, exposition, registry
 from nodecache.node import NodeSetup
@@ -55,6 +55,7 @@ class Server:
         self._loop_checks: set[asyncio.Task[None]] = set()
         self.resolver = Resolver(config)
         self.tasks = Tasks()
+        self.tcp = TcpClients(config.max_tcp_connections, config.max_tcp_per_client)  # every TCP listener's clients
         self.bound: list[tuple[str, int]] = []
         self._stop = asyncio.Event()
         self._closers: list[Any] = []
@@ -126,7 +127,7 @@ class Server:
         udp, tcp, port = self._bind_pair(host)
         transport, _ = await loop.create_datagram_endpoint(lambda: UdpListener(self.resolver, self.tasks), sock=udp)
         server = await loop.create_server(
-            lambda: TcpConnection(self.resolver, self.tasks, self.config.tcp_idle_timeout), sock=tcp
+            lambda: TcpConnection(self.resolver, self.tasks, self.config.tcp_idle_timeout, self.tcp), sock=tcp
         )
         self._closers += [transport, server]
         self._listeners[host] = (transport, server)
@@ -174,7 +175,9 @@ class Server:
             await self.control.start()
         routes: dict[Address, dict[str, Any]] = {}
         if cfg.metrics_address:
-            collector = AgentCollector(self.resolver, self._server_label, self._setup_errors, lambda: self.reload_failed)
+            collector = AgentCollector(
+                self.resolver, self._server_label, self._setup_errors, lambda: self.reload_failed, tcp=self.tcp
+            )
             reg = registry(collector)
 
             async def metrics() -> Response:
@@ -219,7 +222,9 @@ class Server:
         if not isinstance(top, int) or not 0 <= top <= MAX_TOP:
             raise ControlError(f"top must be a whole number from 0 to {MAX_TOP}")
         ready, why = self.readiness.state()
-        return report(self.resolver, started=self.started, listen=list(self.bound), ready=ready, not_ready=why, top=top)
+        return report(
+            self.resolver, started=self.started, listen=list(self.bound), ready=ready, not_ready=why, top=top, tcp=self.tcp
+        )
 
     def _flush(self, args: dict[str, Any]) -> dict[str, Any]:
         """Flush synchronously, on the loop: atomic with respect to queries (see Resolver.flush)."""
@@ -354,6 +359,7 @@ class Server:
                 closer.close()
                 self._closers.remove(closer)
         retired = self.resolver.reconfigure(new)
+        self.tcp.max_total, self.tcp.max_per_client = new.max_tcp_connections, new.max_tcp_per_client  # new connections
         self.config = new
         self._check_loops([z.name for z in new.zones if z not in old.zones and z.name in new.loop_zones])
         for zone in retired:  # their in-flight misses get the whole query timeout to finish
