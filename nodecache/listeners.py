@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 import time
 from typing import Any
 
@@ -47,6 +48,7 @@ MAX_PIPELINED = (TCP_CONNECTION_BUDGET - TCP_WRITE_HIGH - MAX_DNS_MESSAGE) // MA
 # Linux), so a client that never reads costs little kernel memory, which the pod's memory
 # limit counts too. The kernel doubles it; a 64 KiB answer still goes out in one write.
 TCP_SNDBUF = 64 << 10
+LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
 REFUSAL_LOG_INTERVAL = 60.0  # seconds between log lines about refused TCP connections
 # Bind before the address exists: the agent serves first, then adds its
 # addresses to the interface, then steers traffic with iptables rules.
@@ -427,9 +429,16 @@ class TcpConnection(FramedConnection):
         self._abort_unread()
 
     def _abort_unread(self) -> None:
-        if self.transport is not None:
+        """Reset the connection, once: the idle and the blocked timers may both come due in one loop pass."""
+        if self.transport is not None and not self.transport.is_closing():
             self.clients.aborted_blocked += 1
             log.debug("resetting the TCP connection from %s: its replies went unread for %gs", self.client, self.idle)
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                try:  # linger 0: close() sends a reset and drops what the kernel still holds for the client
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+                except OSError:
+                    pass  # then the kernel sends what it holds and a FIN, as for any close
             self.transport.abort()
 
     def idle_close(self) -> None:
