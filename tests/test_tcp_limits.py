@@ -21,10 +21,13 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
+import click
 import pytest
 
 from nodecache import wire
+from nodecache.cli import build_config, run
 from nodecache.counters import Activity
+from nodecache.errors import ConfigError
 from nodecache.listeners import (
     MAX_DNS_MESSAGE,
     MAX_PIPELINED,
@@ -315,6 +318,43 @@ async def test_tcp_counters_are_exported_as_metrics(upstream: FakeUpstream) -> N
     assert value(m, "nodecache_tcp_refused_total", reason="total") == 0
     assert value(m, "nodecache_tcp_aborted_total", reason="blocked") == 0
     assert ("reason", "unread") in dict.fromkeys(k for key in m["nodecache_tcp_read_paused_total"] for k in key)
+
+
+# ---------------------------------------------------------------------------- configuration
+
+
+def test_tcp_caps_are_flags_with_variables_and_reach_the_config_with_or_without_a_corefile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_cli_corefile import opts_with, stock_opts
+
+    flags = {o.name: o for o in run.params if isinstance(o, click.Option)}
+    assert flags["max_tcp_connections"].envvar == "NODECACHE_MAX_TCP_CONNECTIONS"
+    assert flags["max_tcp_per_client"].envvar == "NODECACHE_MAX_TCP_PER_CLIENT"
+    assert (flags["max_tcp_connections"].default, flags["max_tcp_per_client"].default) == (1024, 128)
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 203.0.113.1\n")
+    plain = build_config(opts_with(upstream=("192.0.2.10",), node_resolv_conf=str(resolv), max_tcp_connections=50,
+                                   max_tcp_per_client=5))  # fmt: skip
+    assert (plain.max_tcp_connections, plain.max_tcp_per_client) == (50, 5)
+    monkeypatch.setenv("KUBE_DNS_UPSTREAM_SERVICE_HOST", "192.0.2.53")
+    corefile = build_config(stock_opts(resolv, max_tcp_connections=60, max_tcp_per_client=6))
+    assert (corefile.max_tcp_connections, corefile.max_tcp_per_client) == (60, 6)
+
+
+@pytest.mark.parametrize("caps", [{"max_tcp_connections": 0}, {"max_tcp_per_client": 0}])
+def test_a_tcp_cap_below_one_is_refused(caps: dict[str, int]) -> None:
+    with pytest.raises(ConfigError, match="TCP connection caps"):
+        replace(make_config(["192.0.2.10"]), **caps)
+
+
+def test_a_reload_applies_new_caps_to_new_connections() -> None:
+    from nodecache.server import Server
+
+    server = Server(make_config(["192.0.2.10"]))
+    new = replace(server.config, max_tcp_connections=7, max_tcp_per_client=3)
+    asyncio.run(server._apply(new))
+    assert (server.tcp.max_total, server.tcp.max_per_client) == (7, 3)
 
 
 # ---------------------------------------------------------------------------- the agent's memory
