@@ -10,6 +10,10 @@ counters.Activity) one takes the sampled branch, which times the answer and
 feeds the top names and clients. With the query log on, the UDP listener
 swaps in a receive method that logs (the TCP one tests one flag), so with it
 off nothing is paid for it at all.
+
+Client TCP connections are bounded (RFC 7766 section 10): capped in number,
+in total and per client address (TcpClients), and each holds about 1 MiB at
+most, whether or not its client reads its replies (TcpConnection).
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from nodecache.listeners import (
     TcpConnection,
     make_socket,
 )
+from nodecache.stats import render
 from tests.conftest import AgentProcess, make_config, running
 from tests.dnsmsg import query
 from tests.support.clients import raw_tcp
@@ -289,6 +290,8 @@ async def test_connections_beyond_the_per_client_and_total_caps_are_closed_at_on
         report = srv._stats({})["tcp"]
         assert report["connections"] == 3 and report["clients"] == 2
         assert report["refused"] == {"total": 1, "per_client": 1}
+        text = render(srv._stats({}))  # what `nodecache stats` prints
+        assert "\ntcp         3 open / 3 (2 per client), refused 1 at the cap, 1 per client; 0 reset unread" in text
         a1.close()
         assert await until(lambda: tcp.open == 2)
         c2 = connect_from("127.0.0.3", port)  # a slot is free again
