@@ -190,7 +190,6 @@ async def test_unread_replies_pause_reading_and_every_reply_comes_once_the_clien
         assert [int.from_bytes(r[:2], "big") for r in replies] == list(range(sent))  # all, in order, whole
         assert {len(r) for r in replies} == {REPLY_SIZE}
         assert srv.resolver.seen == sent
-        assert srv.clients.paused_unread > 1  # paused and resumed over and over as the client read
         assert srv.clients.aborted_blocked == 0
 
 
@@ -220,7 +219,7 @@ async def test_a_connection_whose_replies_stay_unread_is_reset_after_the_idle_ti
             assert await until(lambda: srv.conns and srv.conns[0].writing_paused)
             started = time.monotonic()
             assert await until(lambda: srv.clients.open == 0)
-            assert time.monotonic() - started >= idle * 0.9
+            assert time.monotonic() - started >= idle / 2  # not at once: after the idle timeout (less polling delay)
             assert srv.clients.aborted_blocked == 1
             assert srv.conns[0].transport is None  # connection_lost ran: timers gone, slot released
             with pytest.raises(ConnectionResetError):
@@ -228,7 +227,7 @@ async def test_a_connection_whose_replies_stay_unread_is_reset_after_the_idle_ti
 
 
 async def test_a_slow_reader_that_drains_in_time_is_not_reset_and_is_closed_cleanly_when_idle() -> None:
-    idle = 1.0
+    idle = 2.0
     async with listening(StubResolver(), idle=idle) as srv:
         sock = client(srv.port)
         with sock:
@@ -320,7 +319,7 @@ async def test_tcp_counters_are_exported_as_metrics(upstream: FakeUpstream) -> N
     assert value(m, "nodecache_tcp_refused_total", reason="per_client") == 1
     assert value(m, "nodecache_tcp_refused_total", reason="total") == 0
     assert value(m, "nodecache_tcp_aborted_total", reason="blocked") == 0
-    assert ("reason", "unread") in dict.fromkeys(k for key in m["nodecache_tcp_read_paused_total"] for k in key)
+    assert {dict(k)["reason"] for k in m["nodecache_tcp_read_paused_total"]} == {"unread", "pipelined"}
 
 
 # ---------------------------------------------------------------------------- configuration
