@@ -30,6 +30,8 @@ from nodecache.config import (
     DEFAULT_INTERFACE_NAME,
     DEFAULT_LAMEDUCK,
     DEFAULT_LOCAL_IP,
+    DEFAULT_MAX_TCP_CONNECTIONS,
+    DEFAULT_MAX_TCP_PER_CLIENT,
     DEFAULT_MAX_UDP_PAYLOAD,
     DEFAULT_MAX_WAITING,
     DEFAULT_MAX_WAITING_PER_NAME,
@@ -163,7 +165,11 @@ def main() -> None:
 @_option("--timeout", type=click.FloatRange(0.01), default=DEFAULT_TIMEOUT,
          help="Seconds before a query that no upstream answered gets SERVFAIL.")
 @_option("--tcp-idle-timeout", type=click.FloatRange(0.1), default=DEFAULT_TCP_IDLE_TIMEOUT,
-         help="Seconds an idle client TCP connection is kept open.")
+         help="Seconds an idle client TCP connection is kept open; one whose replies go unread this long is reset.")
+@_option("--max-tcp-connections", type=click.IntRange(1), default=DEFAULT_MAX_TCP_CONNECTIONS,
+         help="Client TCP connections open at once; one more is closed as soon as it is accepted (counted).")
+@_option("--max-tcp-per-client", type=click.IntRange(1), default=DEFAULT_MAX_TCP_PER_CLIENT,
+         help="Client TCP connections open at once from one client address; one more is closed at once (counted).")
 @_option("--max-udp-payload", type=click.IntRange(512, 65535), default=DEFAULT_MAX_UDP_PAYLOAD,
          help="Largest UDP reply sent, whatever size a client advertises (1232 avoids fragmentation).")
 @_option("--loop", type=click.Choice(LOOPS), default="auto",
@@ -272,6 +278,8 @@ def build_config(opts: dict[str, Any], explicit: frozenset[str] = frozenset()) -
         port=opts["port"],
         zones=zones,
         tcp_idle_timeout=opts["tcp_idle_timeout"],
+        max_tcp_connections=opts["max_tcp_connections"],
+        max_tcp_per_client=opts["max_tcp_per_client"],
         max_udp_payload=opts["max_udp_payload"],
         loop=opts["loop"],
         **_miss_limits(opts),
@@ -388,6 +396,8 @@ def corefile_config(opts: dict[str, Any], explicit: frozenset[str] = frozenset()
         sync_interval=opts["sync_interval"],
         skip_teardown=opts["skip_teardown"],
         iptables_backend=opts["iptables_backend"],
+        max_tcp_connections=opts["max_tcp_connections"],  # the Corefile has no word for these
+        max_tcp_per_client=opts["max_tcp_per_client"],
     )
 
 

@@ -54,6 +54,13 @@ DEFAULT_MAX_CONCURRENT = 1000
 POLICIES = ("random", "round_robin", "sequential")
 
 DEFAULT_TCP_IDLE_TIMEOUT = 10.0  # RFC 7766 6.2.3 suggests seconds, not minutes
+# Client TCP connection caps (RFC 7766 section 10; listeners.TcpClients). glibc and musl open
+# a connection only after a truncated UDP reply and close it after the answer, so a node of
+# 110 pods (kubelet's default) rarely has more than a few dozen open at once. 1024 leaves ten
+# times that headroom while keeping idle connections to a few MiB of agent and kernel memory;
+# one address (a pod, or every hostNetwork pod behind the node's IP) gets at most an eighth.
+DEFAULT_MAX_TCP_CONNECTIONS = 1024
+DEFAULT_MAX_TCP_PER_CLIENT = 128
 DEFAULT_MAX_UDP_PAYLOAD = 1232  # DNS flag day 2020: avoids IP fragmentation
 UPSTREAM_UDP_PAYLOAD = 1232
 LOOPS = ("auto", "uvloop", "asyncio")
@@ -183,6 +190,9 @@ class Config:
     port: int
     zones: tuple[Zone, ...]
     tcp_idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT
+    # Client TCP connections open at once, in all and from one client address (listeners.TcpClients).
+    max_tcp_connections: int = DEFAULT_MAX_TCP_CONNECTIONS
+    max_tcp_per_client: int = DEFAULT_MAX_TCP_PER_CLIENT
     max_udp_payload: int = DEFAULT_MAX_UDP_PAYLOAD
     loop: str = "auto"
     # Misses (resolver.py): the answer deadline and the caps on clients waiting.
@@ -221,6 +231,8 @@ class Config:
                 raise ConfigError(f"listen address {host!r} is not an IP address (no port or brackets; use --port)") from None
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is out of range 0-65535")
+        if self.max_tcp_connections < 1 or self.max_tcp_per_client < 1:
+            raise ConfigError("the TCP connection caps (in total and per client) must be at least 1")
         if self.max_udp_payload < 512:
             raise ConfigError("the largest UDP reply cannot be below 512 bytes (RFC 1035)")
         names = [z.name for z in self.zones]

@@ -10,6 +10,10 @@ counters.Activity) one takes the sampled branch, which times the answer and
 feeds the top names and clients. With the query log on, the UDP listener
 swaps in a receive method that logs (the TCP one tests one flag), so with it
 off nothing is paid for it at all.
+
+Client TCP connections are bounded (RFC 7766 section 10): capped in number,
+in total and per client address (TcpClients), and each holds about 1 MiB at
+most, whether or not its client reads its replies (TcpConnection).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 import time
 from typing import Any
 
@@ -30,7 +35,25 @@ log = logging.getLogger(__name__)
 
 UDP_RCVBUF = 4 << 20  # absorbs bursts; the kernel caps it at net.core.rmem_max
 TCP_BACKLOG = 1024
-MAX_PIPELINED = 100  # per TCP connection; reading pauses above this
+# Memory a client TCP connection may hold, however its client behaves (RFC 7766 section 10).
+# Reading pauses once the unsent replies pass TCP_WRITE_HIGH, but misses already in flight
+# still write their answers when they come. So the worst case is: just under TCP_WRITE_HIGH
+# buffered, one answer of up to MAX_DNS_MESSAGE pushing it over, then MAX_PIPELINED in-flight
+# misses each adding one more. With 64 KiB answers, (1 MiB - 32 KiB - 64 KiB) / 64 KiB leaves
+# 14 misses per connection: plenty for a resolver pipelining small answers (cache hits are not
+# limited by it, only by the write buffer). Queries read but not yet answered wait in the
+# frame buffer, at most one socket read (256 KiB) on top, and only while reading is paused.
+TCP_CONNECTION_BUDGET = 1 << 20
+MAX_DNS_MESSAGE = 65535 + 2  # with its length prefix
+TCP_WRITE_HIGH = 32 << 10  # unsent reply bytes above which reading the connection pauses
+TCP_WRITE_LOW = 8 << 10  # ... and below which it resumes
+MAX_PIPELINED = (TCP_CONNECTION_BUDGET - TCP_WRITE_HIGH - MAX_DNS_MESSAGE) // MAX_DNS_MESSAGE  # misses in flight
+# The kernel's send buffer for a client connection, set rather than autotuned (up to 4 MiB on
+# Linux), so a client that never reads costs little kernel memory, which the pod's memory
+# limit counts too. The kernel doubles it; a 64 KiB answer still goes out in one write.
+TCP_SNDBUF = 64 << 10
+LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
+REFUSAL_LOG_INTERVAL = 60.0  # seconds between log lines about refused TCP connections
 # Bind before the address exists: the agent serves first, then adds its
 # addresses to the interface, then steers traffic with iptables rules.
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
@@ -174,21 +197,86 @@ class UdpListener(asyncio.DatagramProtocol):
         log.debug("udp socket error: %s", exc)  # e.g. ICMP unreachable from a client
 
 
+class TcpClients:
+    """Client TCP connections open now, capped in total and per client address (RFC 7766 section 10).
+
+    One per agent, shared by every TCP listener. It also keeps what the caps
+    and the per-connection bounds did, for `nodecache stats` and /metrics.
+    The per-address map has a key only while that address has a connection
+    open, so it never holds more than `max_total` keys.
+    """
+
+    def __init__(self, max_total: int, max_per_client: int) -> None:
+        self.max_total = max_total
+        self.max_per_client = max_per_client
+        self.open = 0
+        self.by_address: dict[str, int] = {}
+        self.refused_total = 0  # accepted and closed at once: max_total were open
+        self.refused_per_client = 0  # ... max_per_client were open from that address
+        self.aborted_blocked = 0  # reset: replies left unread for the idle timeout
+        self.paused_unread = 0  # reading paused: unsent replies passed TCP_WRITE_HIGH
+        self.paused_pipelined = 0  # reading paused: MAX_PIPELINED misses in flight
+        self._warned = -REFUSAL_LOG_INTERVAL
+
+    def admit(self, address: str) -> bool:
+        """Count a new connection from `address` in, or count its refusal and say no."""
+        held = self.by_address.get(address, 0)
+        if self.open >= self.max_total:
+            self.refused_total += 1
+            self._warn(f"{self.max_total} client TCP connections are open (--max-tcp-connections)", address)
+            return False
+        if held >= self.max_per_client:
+            self.refused_per_client += 1
+            self._warn(f"{held} are open from this address (--max-tcp-per-client)", address)
+            return False
+        self.by_address[address] = held + 1
+        self.open += 1
+        return True
+
+    def release(self, address: str) -> None:
+        """A connection `admit` let in has closed."""
+        self.open -= 1
+        held = self.by_address.pop(address) - 1
+        if held:
+            self.by_address[address] = held
+
+    def _warn(self, why: str, address: str) -> None:
+        """At most one log line per REFUSAL_LOG_INTERVAL: a flood of refusals must not flood the log too."""
+        now = time.monotonic()
+        if now - self._warned >= REFUSAL_LOG_INTERVAL:
+            self._warned = now
+            log.warning("closing a TCP connection from %s at once: %s; refusals are counted in stats", address, why)
+
+
 class TcpConnection(FramedConnection):
-    """One client connection: 2-byte framing, pipelined queries, idle timeout.
+    """One client connection: 2-byte framing, pipelined queries, idle timeout, bounded memory.
 
     Replies are written as each is ready, so a slow miss does not hold back
     hits queued behind it (RFC 7766 6.2.1.1). The connection closes after
     `idle` seconds with no query and nothing outstanding.
+
+    A client that does not read its replies is not read either: once the
+    unsent replies pass TCP_WRITE_HIGH, or MAX_PIPELINED misses are in
+    flight, reading pauses (queries already read wait in the frame buffer)
+    and resumes when the replies drain below TCP_WRITE_LOW / the misses are
+    down to half. A connection whose writing stays blocked for `idle`
+    seconds is reset. The checks live in the transport's callbacks and on
+    the miss path; the hit path tests one flag per query.
     """
 
-    def __init__(self, resolver: Resolver, idle: float) -> None:
+    def __init__(self, resolver: Resolver, idle: float, clients: TcpClients) -> None:
         super().__init__(idle)
         self.resolver = resolver
         self.answer = resolver.answer
         self.submit = resolver.submit
+        self.clients = clients
+        self.client = ""  # the peer's address: its key in clients.by_address
+        self.admitted = False
         self.outstanding = 0
-        self.paused = False
+        self.stalled = False  # reading is paused, for either reason below
+        self.pipeline_full = False
+        self.writing_paused = False
+        self._blocked: asyncio.TimerHandle | None = None
         self.via = VIA_TCP4
         self.peer: Any = None
         self.activity = resolver.activity
@@ -198,6 +286,18 @@ class TcpConnection(FramedConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.via = VIA_TCP6 if _is_v6(transport) else VIA_TCP4
         self.peer = transport.get_extra_info("peername")
+        self.client = str(self.peer[0]) if isinstance(self.peer, tuple) else ""
+        if not self.clients.admit(self.client):
+            transport.close()  # accepted, then closed at once: the client sees the connection end
+            return
+        self.admitted = True
+        transport.set_write_buffer_limits(high=TCP_WRITE_HIGH, low=TCP_WRITE_LOW)  # type: ignore[attr-defined]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, TCP_SNDBUF)
+            except OSError:
+                pass  # the kernel's autotuned buffer then; the agent's own memory is bounded all the same
         super().connection_made(transport)
 
     def busy(self) -> bool:
@@ -209,16 +309,14 @@ class TcpConnection(FramedConnection):
             self.countdown -= 1
             if not self.countdown or self.query_log is not None:
                 self._one_observed(msg)
-                continue
-            r = self.answer(msg, self.via)
-            if r.__class__ is bytes:
-                self._send(r)  # type: ignore[arg-type]
-            elif r is not None:
-                self.outstanding += 1
-                self.submit(msg, r, self.via, self._deliver, None)  # type: ignore[arg-type]
-        if self.outstanding >= MAX_PIPELINED and not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
+            else:
+                r = self.answer(msg, self.via)
+                if r.__class__ is bytes:
+                    self._send(r)  # type: ignore[arg-type]
+                elif r is not None:
+                    self._start_miss(msg, r, None)  # type: ignore[arg-type]
+            if self.stalled:
+                break  # the queries after this one wait in the frame buffer; see _unstall
 
     def _send(self, reply: bytes) -> None:
         self.write_message(reply)
@@ -240,22 +338,100 @@ class TcpConnection(FramedConnection):
             if ql is not None and ql.wants(r):  # type: ignore[arg-type]
                 ql.record(self.peer, msg, r, _outcome(r), "tcp", time.perf_counter() - started)  # type: ignore[arg-type]
         elif r is not None:
-            self.outstanding += 1
-            token = (msg, started) if self.query_log is not None else None
-            self.submit(msg, r, self.via, self._deliver, token)  # type: ignore[arg-type]
+            self._start_miss(msg, r, (msg, started) if self.query_log is not None else None)  # type: ignore[arg-type]
+
+    def _start_miss(self, msg: bytes, q: wire.Query, token: tuple[bytes, float] | None) -> None:
+        """Hand a miss to the resolver; with MAX_PIPELINED in flight, stop reading until half are answered."""
+        self.outstanding += 1
+        self.submit(msg, q, self.via, self._deliver, token)
+        if self.outstanding >= MAX_PIPELINED and not self.pipeline_full:
+            self.pipeline_full = True
+            self.clients.paused_pipelined += 1
+            self._stall()
 
     def _deliver(self, token: tuple[bytes, float] | None, reply: bytes, outcome: str) -> None:
-        """A miss's answer (Resolver.submit): write it, log it when the query log is on, resume reading."""
+        """A miss's answer (Resolver.submit): write it, log it when the query log is on, read again at half."""
         self._send(reply)
         ql = self.query_log
         if token is not None and ql is not None and ql.wants(reply):
             msg, started = token
             ql.record(self.peer, msg, reply, outcome, "tcp", time.perf_counter() - started)
         self.outstanding -= 1
-        if self.paused and self.outstanding < MAX_PIPELINED // 2 and self.transport is not None:
-            self.paused = False
-            self.transport.resume_reading()
+        if self.pipeline_full and self.outstanding <= MAX_PIPELINED // 2:
+            self.pipeline_full = False
+            self._unstall()
+
+    # -- back-pressure: the transport calls these when its unsent bytes cross the limits
+
+    def pause_writing(self) -> None:
+        """Unsent replies passed TCP_WRITE_HIGH: read no more queries, and reset the connection if it stays so."""
+        self.writing_paused = True
+        self.clients.paused_unread += 1
+        self._stall()
+        if self._blocked is None:
+            self._blocked = asyncio.get_running_loop().call_later(self.idle, self._abort_blocked)
+
+    def resume_writing(self) -> None:
+        """The client read its replies down to TCP_WRITE_LOW: read and answer again."""
+        self.writing_paused = False
+        if self._blocked is not None:
+            self._blocked.cancel()
+            self._blocked = None
+        self._unstall()
+
+    def _stall(self) -> None:
+        if not self.stalled:
+            self.stalled = True
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.pause_reading()
+
+    def _unstall(self) -> None:
+        """Read again once neither reason to pause holds; queries already read are answered next."""
+        if not self.stalled or self.pipeline_full or self.writing_paused:
+            return
+        self.stalled = False
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+            if len(self._buf) >= 2:
+                # Not from inside the transport's callback that resumed us: on the next loop pass.
+                asyncio.get_running_loop().call_soon(self._answer_buffered)
+
+    def _answer_buffered(self) -> None:
+        if not self.stalled and self.transport is not None:
+            self.data_received(b"")
+
+    def _abort_blocked(self) -> None:
+        """Writing stayed paused for the whole idle timeout: the client is not reading; drop what it left."""
+        self._blocked = None
+        self._abort_unread()
+
+    def _abort_unread(self) -> None:
+        """Reset the connection, once: the idle and the blocked timers may both come due in one loop pass."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.clients.aborted_blocked += 1
+            log.debug("resetting the TCP connection from %s: its replies went unread for %gs", self.client, self.idle)
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                try:  # linger 0: close() sends a reset and drops what the kernel still holds for the client
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+                except OSError:
+                    pass  # then the kernel sends what it holds and a FIN, as for any close
+            self.transport.abort()
+
+    def idle_close(self) -> None:
+        """Close when idle; reset instead when replies are still unsent, as close() would wait for them forever."""
+        if self.transport is not None and self.transport.get_write_buffer_size():
+            self._abort_unread()
+        else:
+            super().idle_close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._blocked is not None:
+            self._blocked.cancel()
+            self._blocked = None
+        if self.admitted:
+            self.admitted = False
+            self.clients.release(self.client)
         self.transport = None

@@ -41,6 +41,7 @@ from nodecache.counters import Histogram
 from nodecache.dnstext import rcode_name, type_name
 
 if TYPE_CHECKING:
+    from nodecache.listeners import TcpClients
     from nodecache.resolver import Resolver
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -81,17 +82,20 @@ class AgentCollector(Collector):
         server: Callable[[], str],
         setup_errors: Callable[[], Mapping[str, int]] = dict,
         reload_failed: Callable[[], int] = int,
+        tcp: TcpClients | None = None,
     ) -> None:
         self.resolver = resolver
         self.server = server
         self.setup_errors = setup_errors
         self.reload_failed = reload_failed  # failed config reloads (server.py), as CoreDNS's reload plugin counts
+        self.tcp = tcp  # client TCP connections and their limits (listeners.TcpClients)
 
     def collect(self) -> Iterator[Metric]:
         yield from self._dns()
         yield from self._cache()
         yield from self._forward()
         yield from self._agent()
+        yield from self._tcp()
 
     def _dns(self) -> Iterator[Metric]:
         srv = self.server()
@@ -283,6 +287,37 @@ class AgentCollector(Collector):
         info = GaugeMetricFamily("nodecache_build_info", "Always 1; the running version.", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
+
+
+    def _tcp(self) -> Iterator[Metric]:
+        """Client TCP connections, the caps' refusals and the per-connection bounds (RFC 7766 section 10)."""
+        t = self.tcp
+        if t is None:
+            return
+        yield GaugeMetricFamily("nodecache_tcp_connections", "Client TCP connections open now.", value=t.open)
+        refused = CounterMetricFamily(
+            "nodecache_tcp_refused_total",
+            "Client TCP connections closed at once: --max-tcp-connections (total) or --max-tcp-per-client "
+            "(per_client) were open.",
+            labels=["reason"],
+        )
+        refused.add_metric(["total"], t.refused_total)
+        refused.add_metric(["per_client"], t.refused_per_client)
+        aborted = CounterMetricFamily(
+            "nodecache_tcp_aborted_total",
+            "Client TCP connections reset because their replies went unread for the idle timeout.",
+            labels=["reason"],
+        )
+        aborted.add_metric(["blocked"], t.aborted_blocked)
+        paused = CounterMetricFamily(
+            "nodecache_tcp_read_paused_total",
+            "Times reading a client TCP connection paused: unsent replies passed the write bound (unread), "
+            "or the most misses one connection may have in flight were (pipelined).",
+            labels=["reason"],
+        )
+        paused.add_metric(["unread"], t.paused_unread)
+        paused.add_metric(["pipelined"], t.paused_pipelined)
+        yield from (refused, aborted, paused)
 
 
 def registry(collector: AgentCollector) -> CollectorRegistry:

@@ -20,7 +20,7 @@ from nodecache.control import ControlServer
 from nodecache.endpoints import ALL_ADDRESSES, TEXT, HttpEndpoint, Response, parse_address
 from nodecache.errors import ControlError, ListenError, NodecacheError
 from nodecache.health import Readiness
-from nodecache.listeners import TcpConnection, UdpListener, make_socket
+from nodecache.listeners import TcpClients, TcpConnection, UdpListener, make_socket
 from nodecache.logs import QueryLog
 from nodecache.metrics import CONTENT_TYPE, AgentCollector, exposition, registry
 from nodecache.node import NodeSetup
@@ -54,6 +54,7 @@ class Server:
         self._listeners: dict[str, tuple[Any, Any]] = {}  # host -> (UDP transport, TCP server)
         self._loop_checks: set[asyncio.Task[None]] = set()
         self.resolver = Resolver(config)
+        self.tcp = TcpClients(config.max_tcp_connections, config.max_tcp_per_client)  # every TCP listener's clients
         self.bound: list[tuple[str, int]] = []
         self._stop = asyncio.Event()
         self._closers: list[Any] = []
@@ -125,7 +126,7 @@ class Server:
         udp, tcp, port = self._bind_pair(host)
         transport, _ = await loop.create_datagram_endpoint(lambda: UdpListener(self.resolver), sock=udp)
         server = await loop.create_server(
-            lambda: TcpConnection(self.resolver, self.config.tcp_idle_timeout), sock=tcp
+            lambda: TcpConnection(self.resolver, self.config.tcp_idle_timeout, self.tcp), sock=tcp
         )
         self._closers += [transport, server]
         self._listeners[host] = (transport, server)
@@ -173,7 +174,9 @@ class Server:
             await self.control.start()
         routes: dict[Address, dict[str, Any]] = {}
         if cfg.metrics_address:
-            collector = AgentCollector(self.resolver, self._server_label, self._setup_errors, lambda: self.reload_failed)
+            collector = AgentCollector(
+                self.resolver, self._server_label, self._setup_errors, lambda: self.reload_failed, tcp=self.tcp
+            )
             reg = registry(collector)
 
             async def metrics() -> Response:
@@ -218,7 +221,9 @@ class Server:
         if not isinstance(top, int) or not 0 <= top <= MAX_TOP:
             raise ControlError(f"top must be a whole number from 0 to {MAX_TOP}")
         ready, why = self.readiness.state()
-        return report(self.resolver, started=self.started, listen=list(self.bound), ready=ready, not_ready=why, top=top)
+        return report(
+            self.resolver, started=self.started, listen=list(self.bound), ready=ready, not_ready=why, top=top, tcp=self.tcp
+        )
 
     def _flush(self, args: dict[str, Any]) -> dict[str, Any]:
         """Flush synchronously, on the loop: atomic with respect to queries (see Resolver.flush)."""
@@ -353,6 +358,7 @@ class Server:
                 closer.close()
                 self._closers.remove(closer)
         retired = self.resolver.reconfigure(new)
+        self.tcp.max_total, self.tcp.max_per_client = new.max_tcp_connections, new.max_tcp_per_client  # new connections
         self.config = new
         self._check_loops([z.name for z in new.zones if z not in old.zones and z.name in new.loop_zones])
         for zone in retired:  # their in-flight misses get the whole query timeout to finish

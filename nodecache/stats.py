@@ -20,6 +20,7 @@ from nodecache import __version__
 from nodecache.dnstext import name_text
 
 if TYPE_CHECKING:
+    from nodecache.listeners import TcpClients
     from nodecache.resolver import Resolver, ZoneRuntime
 
 SCHEMA = 1  # bump when a field changes meaning or goes away; new fields may be added
@@ -66,6 +67,7 @@ def report(
     ready: bool | None,
     not_ready: str | None,
     top: int = DEFAULT_TOP,
+    tcp: TcpClients | None = None,
 ) -> dict[str, Any]:
     """Everything `nodecache stats` shows, as JSON-ready data. `started` is a time.monotonic() value."""
     zones = [_zone(z) for z in resolver.zones]
@@ -128,6 +130,20 @@ def report(
         "top_names": [{"name": name_text(k), "queries": n} for k, n in a.names.top(top)],  # type: ignore[arg-type]
         "top_clients": [{"client": str(k), "queries": n} for k, n in a.clients.top(top)],
         "sampling": {"method": "sampled counters", "one_in": a.interval, "sampled": a.sampled},
+        **({"tcp": _tcp(tcp)} if tcp is not None else {}),
+    }
+
+
+def _tcp(t: TcpClients) -> dict[str, Any]:
+    """Client TCP connections: open now, the caps, and what the caps and bounds did (RFC 7766 section 10)."""
+    return {
+        "connections": t.open,
+        "clients": len(t.by_address),
+        "max_connections": t.max_total,
+        "max_per_client": t.max_per_client,
+        "refused": {"total": t.refused_total, "per_client": t.refused_per_client},
+        "aborted": {"blocked": t.aborted_blocked},
+        "paused": {"unread": t.paused_unread, "pipelined": t.paused_pipelined},
     }
 
 
@@ -162,6 +178,17 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
 
+def _tcp_line(t: dict[str, Any] | None) -> list[str]:
+    if t is None:
+        return []
+    refused, paused = t["refused"], t["paused"]
+    return [
+        f"tcp         {t['connections']} open / {t['max_connections']} ({t['max_per_client']} per client), refused "
+        f"{refused['total']} at the cap, {refused['per_client']} per client; {t['aborted']['blocked']} reset unread; "
+        f"paused {paused['unread']} unread, {paused['pipelined']} pipelined"
+    ]
+
+
 def render(r: dict[str, Any]) -> str:
     """The readable summary of a `report` dict."""
     q, c, early = r["queries"], r["cache"], r["misses"]["early_answers"]
@@ -182,6 +209,7 @@ def render(r: dict[str, Any]) -> str:
         f"misses      {r['misses']['waiting_now']} waiting now; answered early (stale or SERVFAIL): "
         f"{early['deadline']} at the deadline, {early['upstreams_down']} with every upstream down, "
         f"{early['waiting_cap']} over the waiting caps",
+        *_tcp_line(r.get("tcp")),
         "",
         f"{'zone':<22} {'queries':>9} {'hits':>9} {'misses':>8} {'ratio':>7} {'success':>8} {'denial':>7} "
         f"{'bytes':>10} {'evict':>6} {'stale':>6} {'coal':>6}",

@@ -29,6 +29,7 @@ RUN_FLAGS = [
     "--log-format", "--control-socket", "--metrics-address", "--health-address", "--lameduck", "--query-log",
     "--query-log-sample", "--query-log-errors-only",
     "--config", "--corefile", "--upstream-svc", "--kube-dns-config-dir",
+    "--max-tcp-connections", "--max-tcp-per-client",
 ]  # fmt: skip
 
 
