@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterator
 
-from cachetools import LRUCache
+from cachetools import Cache, LRUCache
 
 from nodecache import wire
 from nodecache.config import CachePolicy
@@ -206,6 +206,21 @@ class _CountingLRU(LRUCache):  # type: ignore[type-arg]
         super().clear()
         self.bytes = 0
 
+    def peek(self, key: bytes) -> Entry | None:
+        """The entry for `key` without marking it used (LRUCache's own reads move it to the end)."""
+        return Cache.__getitem__(self, key) if key in self else None  # type: ignore[no-any-return]
+
+    def peek_items(self) -> Iterator[tuple[bytes, Entry]]:
+        """Every (key, entry) without touching recency: for purges, flushes and stats.
+
+        Iterating `items()` would read each entry through LRUCache.__getitem__ and
+        so mark every one as just used; a flood of new names would then evict
+        the hottest names first.
+        """
+        read = Cache.__getitem__
+        for key in list(self.keys()):
+            yield key, read(self, key)
+
 
 class ZoneCache:
     """The success and denial caches of one zone."""
@@ -260,7 +275,7 @@ class ZoneCache:
             return entry
         if kind is Kind.DENIAL:
             self.success.pop(key, None)  # the name is gone: the old answer must not be served stale
-        elif (current := self.success.get(key)) is not None and current.expires > now:
+        elif (current := self.success.peek(key)) is not None and current.expires > now:
             return entry  # never hide a good answer behind a failure
         if p.denial_capacity > 0:
             self.denial[key] = entry
@@ -271,7 +286,7 @@ class ZoneCache:
         now = self.clock()
         dropped = 0
         for lru in (self.success, self.denial):
-            for key in [k for k, e in lru.items() if e.stale_until <= now]:
+            for key in [k for k, e in lru.peek_items() if e.stale_until <= now]:
                 del lru[key]
                 dropped += 1
         return dropped
@@ -291,8 +306,8 @@ class ZoneCache:
 
     def entries(self) -> Iterator[tuple[bytes, Entry]]:
         """Every (key, entry), success first; for stats and tests."""
-        yield from self.success.items()
-        yield from self.denial.items()
+        yield from self.success.peek_items()
+        yield from self.denial.peek_items()
 
     @property
     def evictions(self) -> int:

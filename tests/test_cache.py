@@ -606,3 +606,56 @@ class TestEntryReply:
         out = entry.stale_reply(client, q.qend, q.edns, q.payload, 30)
         rec = parse(out)
         assert len(out) <= 512 and rec.header.tc == 1 and len(rec.rr) == 0
+
+
+# ---------------------------------------------------------------------------- LRU order
+
+
+def _walk_purge(cache: ZoneCache) -> None:
+    cache.purge()
+
+
+def _walk_entries(cache: ZoneCache) -> None:
+    list(cache.entries())
+
+
+def _walk_flush_nothing(cache: ZoneCache) -> None:
+    assert cache.flush(lambda key: False) == 0
+
+
+@pytest.mark.parametrize("walk", [_walk_purge, _walk_entries, _walk_flush_nothing], ids=["purge", "entries", "flush"])
+def test_read_only_walks_keep_lru_order(walk: Callable[[ZoneCache], None], clock: FakeClock) -> None:
+    """A purge, a stats walk or a flush that matches nothing leaves recency alone.
+
+    The hot names were stored first and then read; a flood of unique names
+    after the walk must push out the cold names, never the hot ones.
+    """
+    size, hot_count = 100, 10
+    cache = ZoneCache(CachePolicy(success_capacity=size), clock.now)
+    names = [f"n{i}.example.com." for i in range(size)]
+    for n in names:
+        cache.store(key_for(n), positive(60, n), False, 1232)
+    hot, cold = names[:hot_count], names[hot_count:]
+    for n in hot:
+        assert cache.get(key_for(n)) is not None
+    walk(cache)
+    for i in range(size - hot_count):
+        n = f"flood{i}.example.com."
+        cache.store(key_for(n), positive(60, n), False, 1232)
+    assert all(cache.get(key_for(n)) is not None for n in hot)
+    assert not any(cache.get(key_for(n)) is not None for n in cold)
+
+
+def test_purge_drops_expired_without_reordering_survivors(clock: FakeClock) -> None:
+    """After a purge that removes expired entries, the next eviction is still the least recently used."""
+    cache = ZoneCache(CachePolicy(success_capacity=3), clock.now)
+    cache.store(key_for("old.example.com."), positive(60, "old.example.com."), False, 1232)
+    cache.store(key_for("gone.example.com."), positive(5, "gone.example.com."), False, 1232)
+    cache.store(key_for("new.example.com."), positive(60, "new.example.com."), False, 1232)
+    assert cache.get(key_for("old.example.com.")) is not None  # old is now the most recent
+    clock.advance(10)
+    assert cache.purge() == 1
+    for n in ("x.example.com.", "y.example.com."):
+        cache.store(key_for(n), positive(60, n), False, 1232)
+    assert cache.get(key_for("new.example.com.")) is None  # least recently used: evicted
+    assert cache.get(key_for("old.example.com.")) is not None
