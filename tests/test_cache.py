@@ -6,6 +6,8 @@ dnslib. Time is a fake clock (a float in a closure), so nothing here sleeps or m
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,7 +15,7 @@ import pytest
 from dnslib import NS, QTYPE, RR
 
 from nodecache import wire
-from nodecache.cache import Entry, Kind, ZoneCache, classify, lifetime
+from nodecache.cache import Entry, Kind, ZoneCache, classify, lifetime, slot_size
 from nodecache.config import CachePolicy
 from tests.dnsmsg import a, cname, full_rcode, opt, opt_of, parse, query, question_bytes, records, reply, soa, ttls_of
 
@@ -659,3 +661,81 @@ def test_purge_drops_expired_without_reordering_survivors(clock: FakeClock) -> N
         cache.store(key_for(n), positive(60, n), False, 1232)
     assert cache.get(key_for("new.example.com.")) is None  # least recently used: evicted
     assert cache.get(key_for("old.example.com.")) is not None
+
+
+# ---------------------------------------------------------------------------- byte accounting
+
+
+def _measured_growth(count: int) -> tuple[ZoneCache, int, int]:
+    """Store `count` realistic answers (~100-byte replies, three A records) while tracemalloc watches.
+
+    Returns the cache, the bytes it grew by once stored, and once every entry
+    was replayed a second later (each then holds its TTL-lowered body too).
+    The clock makes a new float per call, as time.monotonic does.
+    """
+    t = [T0]
+
+    def now() -> float:
+        return t[0] + 0.0
+
+    msgs = []
+    for i in range(count):
+        name = f"svc{i:05d}.default.svc.cluster.local."
+        msgs.append((query(name), reply(name, answers=[a(name, 30, f"192.0.2.{j + 1}") for j in range(3)])))
+    assert 90 <= len(msgs[0][1]) <= 110
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        cache = ZoneCache(CachePolicy(success_capacity=count), now)
+        for q, msg in msgs:
+            qs = wire.scan_query(q)
+            cache.store(qs.key, wire.scan_reply(msg, qs.lname, qs.key[len(qs.lname) : len(qs.lname) + 4]), False, 1232)
+        gc.collect()
+        stored = tracemalloc.get_traced_memory()[0] - base
+        t[0] += 1
+        for q, _ in msgs:
+            qs = wire.scan_query(q)
+            entry = cache.get(qs.key)
+            assert entry is not None
+            entry.reply(q, qs.qend, qs.edns, 1232, now())
+        del qs, entry
+        gc.collect()
+        replayed = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    return cache, stored, replayed
+
+
+def test_accounted_bytes_match_measured_memory() -> None:
+    """The cache's byte total is what tracemalloc sees it take, within 25%, before and after hits.
+
+    An entry keeps a second, TTL-lowered copy of its body once it is replayed
+    after its first second; the accounting reserves it from the start, so the
+    total does not move on a hit.
+    """
+    cache, stored, replayed = _measured_growth(2000)
+    accounted = cache.bytes
+    assert replayed > stored  # the second body copies exist
+    assert 0.75 * stored <= accounted <= 1.25 * stored, (accounted, stored)
+    assert 0.75 * replayed <= accounted <= 1.25 * replayed, (accounted, replayed)
+
+
+def test_byte_total_follows_removals(clock: FakeClock) -> None:
+    """Evictions, replacements, purges and flushes give back exactly what the entries were charged."""
+    cache = ZoneCache(CachePolicy(success_capacity=3, denial_capacity=3), clock.now)
+    assert cache.bytes == 0
+    cache.store(key_for("a.example.com."), positive(10, "a.example.com."), False, 1232)
+    one = cache.bytes
+    assert one > len(reply("a.example.com.", answers=[a("a.example.com.", 10)]))
+    cache.store(key_for("a.example.com."), positive(10, "a.example.com."), False, 1232)  # replaced
+    assert cache.bytes == one
+    for n in ("b.example.com.", "c.example.com.", "d.example.com."):  # a is evicted
+        cache.store(key_for(n), positive(60, n), False, 1232)
+    cache.store(key_for("nx.example.com."), nxdomain(name="nx.example.com."), False, 1232)
+    assert cache.bytes == sum(slot_size(k, e) for k, e in cache.entries())
+    cache.flush(lambda k: k == key_for("b.example.com."))
+    assert cache.bytes == sum(slot_size(k, e) for k, e in cache.entries())
+    clock.advance(3600)
+    cache.purge()
+    assert cache.bytes == 0 and stored_keys(cache) == []
