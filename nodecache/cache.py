@@ -227,13 +227,21 @@ class _CountingLRU(LRUCache):  # type: ignore[type-arg]
 
     def __init__(self, maxsize: int) -> None:
         super().__init__(maxsize)
-        self.evictions = 0
+        self.evictions = 0  # every eviction, for capacity or for memory
+        self.memory_evictions = 0  # those made to stay within the MemoryBudget
         self.bytes = 0
 
     def popitem(self) -> tuple[bytes, Entry]:
         item = super().popitem()
         self.evictions += 1
         return item
+
+    def evict_for_memory(self) -> int:
+        """Drop the least recently used entry to free memory; return the bytes freed."""
+        key, entry = super().popitem()
+        self.evictions += 1
+        self.memory_evictions += 1
+        return slot_size(key, entry)
 
     def __setitem__(self, key: bytes, entry: Entry) -> None:
         if key in self:
@@ -276,6 +284,7 @@ class ZoneCache:
         self.denial = _CountingLRU(max(policy.denial_capacity, 1))
         # (kind, rcode, qtype) -> hits by how they arrived; see the module notes.
         self.tallies: dict[tuple[Kind, int, int], Tally] = {}
+        self.budget: MemoryBudget | None = None  # set by MemoryBudget.attach
 
     def tally(self, kind: Kind, rcode: int, qtype: int) -> Tally:
         """The shared hit counters for entries of this kind, rcode and qtype."""
@@ -315,15 +324,30 @@ class ZoneCache:
         if kind is Kind.SUCCESS:
             self.denial.pop(key, None)
             if p.success_capacity > 0:
-                self.success[key] = entry
+                self._put(self.success, key, entry)
             return entry
         if kind is Kind.DENIAL:
             self.success.pop(key, None)  # the name is gone: the old answer must not be served stale
         elif (current := self.success.peek(key)) is not None and current.expires > now:
             return entry  # never hide a good answer behind a failure
         if p.denial_capacity > 0:
-            self.denial[key] = entry
+            self._put(self.denial, key, entry)
         return entry
+
+    def _put(self, lru: _CountingLRU, key: bytes, entry: Entry) -> None:
+        """Keep `entry`, first making room in the memory budget when there is one.
+
+        The entry it replaces, or the one the capacity bound would evict, goes
+        first, so the budget takes only what is still missing.
+        """
+        budget = self.budget
+        if budget is not None and budget.limit:
+            if key in lru:
+                del lru[key]
+            elif len(lru) >= lru.maxsize:
+                lru.popitem()  # a capacity eviction, counted as such
+            budget.make_room(slot_size(key, entry))
+        lru[key] = entry
 
     def purge(self) -> int:
         """Drop entries past their stale window; return how many."""
@@ -355,9 +379,76 @@ class ZoneCache:
 
     @property
     def evictions(self) -> int:
+        """Every eviction, capacity and memory alike (coredns_cache_evictions_total)."""
         return self.success.evictions + self.denial.evictions
+
+    @property
+    def memory_evictions(self) -> int:
+        """Evictions made to keep every zone's caches within the memory budget."""
+        return self.success.memory_evictions + self.denial.memory_evictions
 
     @property
     def bytes(self) -> int:
         """Memory held by the entries, their keys and their LRU slots (see `footprint`)."""
         return self.success.bytes + self.denial.bytes
+
+
+class MemoryBudget:
+    """One byte budget over the caches of every zone (`--cache-memory`); limit 0: none.
+
+    A store that would take the total past the limit first evicts least
+    recently used entries. From which cache: the denial cache holding the
+    most bytes, across all zones; a success cache only once every denial
+    cache is empty, again the one holding the most. Negative answers are
+    short-lived and cheap to ask again, and a flood of made-up names makes
+    only denials, so the flood cannot push good answers out while denials
+    remain. Taking from the largest cache, not the storing zone's, leaves
+    the small zones (the reverse zones, usually) their few entries and
+    shrinks whichever zone grew.
+
+    Bytes are the caches' own running totals (`slot_size`), so `used` costs a
+    sum over the zones and a store one comparison when there is room.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.caches: list[ZoneCache] = []
+
+    def attach(self, caches: list[ZoneCache], limit: int | None = None) -> None:
+        """Govern exactly `caches` (a reload's new set of zones), then enforce the (new) limit at once."""
+        for cache in self.caches:
+            cache.budget = None
+        self.caches = list(caches)
+        for cache in self.caches:
+            cache.budget = self
+        if limit is not None:
+            self.limit = limit
+        self.make_room(0)
+
+    @property
+    def used(self) -> int:
+        """Bytes held by every governed cache."""
+        return sum(c.bytes for c in self.caches)
+
+    def make_room(self, size: int) -> None:
+        """Evict until `size` more bytes fit within the limit (or nothing is left to evict)."""
+        if not self.limit:
+            return
+        used = self.used
+        while used + size > self.limit:
+            victim = self._victim()
+            if victim is None:
+                return
+            used -= victim.evict_for_memory()
+
+    def _victim(self) -> _CountingLRU | None:
+        """The cache to evict from: the fullest denial cache, else the fullest success cache."""
+        for side in ("denial", "success"):
+            best: _CountingLRU | None = None
+            for cache in self.caches:
+                lru: _CountingLRU = getattr(cache, side)
+                if len(lru) and (best is None or lru.bytes > best.bytes):
+                    best = lru
+            if best is not None:
+                return best
+        return None

@@ -154,7 +154,12 @@ class AgentCollector(Collector):
         )
         evictions = CounterMetricFamily("coredns_cache_evictions_total", "The count of cache evictions.", labels=both)
         size = GaugeMetricFamily(
-            "nodecache_cache_bytes", "Approximate bytes held by cached answers.", labels=["zone", "type"]
+            "nodecache_cache_bytes", "Bytes held by cached answers, their keys and LRU slots.", labels=["zone", "type"]
+        )
+        memory_evictions = CounterMetricFamily(
+            "nodecache_cache_memory_evictions_total",
+            "Evictions made to stay within --cache-memory (also counted in coredns_cache_evictions_total).",
+            labels=["zone", "type"],
         )
         for z in self.resolver.zones:
             c = z.cache
@@ -166,11 +171,20 @@ class AgentCollector(Collector):
                 hits.add_metric([srv, name, z.name, ""], by_kind[name])
                 evictions.add_metric([srv, name, z.name, ""], lru.evictions)
                 size.add_metric([z.name, name], lru.bytes)
+                memory_evictions.add_metric([z.name, name], lru.memory_evictions)
             requests.add_metric([srv, z.name, ""], sum(by_kind.values()) + z.stats.misses)
             misses.add_metric([srv, z.name, ""], z.stats.misses)
             prefetch.add_metric([srv, z.name, ""], z.stats.prefetches)
             stale.add_metric([srv, z.name, ""], z.stats.stale)
-        yield from (entries, requests, hits, misses, prefetch, stale, evictions, size)
+        yield from (entries, requests, hits, misses, prefetch, stale, evictions, size, memory_evictions)
+        budget = self.resolver.budget
+        yield GaugeMetricFamily(
+            "nodecache_cache_memory_bytes", "Bytes held by every zone's cached answers together.", value=budget.used
+        )
+        yield GaugeMetricFamily(
+            "nodecache_cache_memory_budget_bytes", "The --cache-memory budget over every zone's caches (0: none).",
+            value=budget.limit,
+        )  # fmt: skip
 
     def _forward(self) -> Iterator[Metric]:
         durations: dict[tuple[str, str], list[Histogram]] = {}

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from nodecache import wire
-from nodecache.cache import Entry, ZoneCache
+from nodecache.cache import Entry, MemoryBudget, ZoneCache
 from nodecache.config import STALE_REPLY_TTL, UPSTREAM_UDP_PAYLOAD, CachePolicy, Config, Zone, name_to_wire
 from nodecache.counters import Activity, Histogram
 from nodecache.errors import UpstreamError
@@ -158,6 +158,8 @@ class Resolver:
         self.clock = clock
         self.zones = [ZoneRuntime(z, clock) for z in config.zones]
         self.local = LocalZone(clock)
+        self.budget = MemoryBudget(config.cache_memory)  # --cache-memory, over the configured zones' caches
+        self.budget.attach([z.cache for z in self.zones])
         self._by_wire = {z.zone.wire: z for z in self.zones}
         self._by_wire[name_to_wire(LOCAL_ZONE)] = self.local
         self._memo: dict[bytes, ZoneRuntime | None] = {}
@@ -187,6 +189,7 @@ class Resolver:
         by_wire[name_to_wire(LOCAL_ZONE)] = self.local
         self.config = config
         self.zones = zones
+        self.budget.attach([z.cache for z in zones], config.cache_memory)
         self._by_wire = by_wire
         self._memo = {}
         self._udp_cap = config.max_udp_payload

@@ -15,7 +15,7 @@ import pytest
 from dnslib import NS, QTYPE, RR
 
 from nodecache import wire
-from nodecache.cache import Entry, Kind, ZoneCache, classify, lifetime, slot_size
+from nodecache.cache import Entry, Kind, MemoryBudget, ZoneCache, classify, lifetime, slot_size
 from nodecache.config import CachePolicy
 from tests.dnsmsg import a, cname, full_rcode, opt, opt_of, parse, query, question_bytes, records, reply, soa, ttls_of
 
@@ -739,3 +739,104 @@ def test_byte_total_follows_removals(clock: FakeClock) -> None:
     clock.advance(3600)
     cache.purge()
     assert cache.bytes == 0 and stored_keys(cache) == []
+
+
+# ---------------------------------------------------------------------------- memory budget
+
+
+def _fill(cache: ZoneCache, prefix: str, count: int, denial: bool = False) -> list[str]:
+    """Store `count` distinct names (answers, or NXDOMAINs with `denial`); return them."""
+    names = [f"{prefix}{i}.example.com." for i in range(count)]
+    for n in names:
+        cache.store(key_for(n), nxdomain(name=n) if denial else positive(60, n), False, 1232)
+    return names
+
+
+def _entry_cost(clock: FakeClock) -> int:
+    probe = ZoneCache(CachePolicy(), clock.now)
+    _fill(probe, "probe", 1)
+    return probe.bytes
+
+
+def _budgeted(clock: FakeClock, zones: int, limit: int) -> tuple[MemoryBudget, list[ZoneCache]]:
+    caches = [ZoneCache(CachePolicy(stale_window=3600), clock.now) for _ in range(zones)]
+    budget = MemoryBudget(limit)
+    budget.attach(caches)
+    return budget, caches
+
+
+class TestMemoryBudget:
+    """--cache-memory: one byte budget over every zone, enforced on store with the true accounting."""
+
+    def test_total_stays_within_the_budget(self, clock: FakeClock) -> None:
+        """A flood of new names never takes the total past the limit; the newest names stay, evictions counted."""
+        limit = 20 * _entry_cost(clock)
+        budget, (cache,) = _budgeted(clock, 1, limit)
+        names = []
+        for i in range(100):
+            names += _fill(cache, f"flood{i}-", 1)
+            assert budget.used <= limit
+        assert budget.used > limit - 2 * _entry_cost(clock)  # it fills up to the budget, not far below
+        kept = len(cache.success)
+        assert 15 <= kept <= 20
+        assert all(cache.get(key_for(n)) is not None for n in names[-kept:])
+        assert cache.memory_evictions == 100 - kept
+        assert cache.evictions == cache.memory_evictions  # counted in the total too; no capacity eviction
+
+    def test_capacity_evictions_are_not_memory_evictions(self, clock: FakeClock) -> None:
+        """With room in the budget, the entry capacity still bounds a cache and is counted apart."""
+        cache = ZoneCache(CachePolicy(success_capacity=5), clock.now)
+        budget = MemoryBudget(100 * _entry_cost(clock))
+        budget.attach([cache])
+        _fill(cache, "n", 12)
+        assert len(cache.success) == 5
+        assert (cache.evictions, cache.memory_evictions) == (7, 0)
+
+    def test_denials_go_first_across_zones(self, clock: FakeClock) -> None:
+        """Answers stored past the budget push out every denial, in any zone, before any answer."""
+        cost = _entry_cost(clock)
+        budget, (a_zone, b_zone) = _budgeted(clock, 2, 30 * cost)
+        good = _fill(a_zone, "good", 10)
+        _fill(b_zone, "nx", 15, denial=True)
+        _fill(b_zone, "more", 10)  # needs ~5 entries' room: taken from the denials
+        assert all(a_zone.get(key_for(n)) is not None for n in good)
+        assert len(b_zone.denial) < 15 and len(b_zone.success) == 10
+        assert b_zone.denial.memory_evictions > 0 and a_zone.memory_evictions == 0
+        assert b_zone.success.memory_evictions == 0
+
+    def test_the_fullest_cache_gives(self, clock: FakeClock) -> None:
+        """Once denials are gone, the success cache holding the most bytes gives, not the one storing."""
+        cost = _entry_cost(clock)
+        budget, (big, small) = _budgeted(clock, 2, 30 * cost)
+        _fill(big, "big", 25)
+        few = _fill(small, "small", 3)
+        _fill(small, "late", 5)
+        assert all(small.get(key_for(n)) is not None for n in few)
+        assert small.memory_evictions == 0 and big.memory_evictions > 0
+        assert budget.used <= 30 * cost
+
+    def test_zero_is_no_budget(self, clock: FakeClock) -> None:
+        """Limit 0: only the entry capacities bound the caches."""
+        budget, (cache,) = _budgeted(clock, 1, 0)
+        _fill(cache, "n", 200)
+        assert len(cache.success) == 200 and cache.memory_evictions == 0 and budget.used == cache.bytes
+
+    def test_reattach_with_a_lower_limit_shrinks_at_once(self, clock: FakeClock) -> None:
+        """A reload that lowers the budget evicts down to it immediately; caches it no longer lists are let go."""
+        cost = _entry_cost(clock)
+        budget, (kept, dropped) = _budgeted(clock, 2, 100 * cost)
+        _fill(kept, "k", 40)
+        _fill(dropped, "d", 40)
+        budget.attach([kept], 10 * cost)
+        assert budget.used == kept.bytes <= 10 * cost
+        assert dropped.budget is None and len(dropped.success) == 40
+        _fill(dropped, "after", 5)  # an in-flight miss landing in a retired zone evicts nothing elsewhere
+        assert budget.used <= 10 * cost
+
+    def test_replacing_an_entry_does_not_evict_another(self, clock: FakeClock) -> None:
+        """Storing a key again frees its old entry first; a full budget evicts nothing for it."""
+        cost = _entry_cost(clock)
+        budget, (cache,) = _budgeted(clock, 1, 5 * cost)
+        names = _fill(cache, "n", 5)
+        cache.store(key_for(names[0]), positive(60, names[0]), False, 1232)
+        assert cache.memory_evictions == 0 and len(cache.success) == 5
