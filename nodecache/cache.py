@@ -25,6 +25,7 @@ from cachetools import Cache, LRUCache
 
 from nodecache import wire
 from nodecache.config import CachePolicy
+from nodecache.counters import counted_rcode, counted_type
 
 # How a query arrived, as an index into a tally: bit 0 set for TCP, bit 1 for IPv6.
 VIA_UDP4, VIA_TCP4, VIA_UDP6, VIA_TCP6 = 0, 1, 2, 3
@@ -287,10 +288,15 @@ class ZoneCache:
         self.budget: MemoryBudget | None = None  # set by MemoryBudget.attach
 
     def tally(self, kind: Kind, rcode: int, qtype: int) -> Tally:
-        """The shared hit counters for entries of this kind, rcode and qtype."""
-        found = self.tallies.get((kind, rcode, qtype))
+        """The shared hit counters for entries of this kind, rcode and qtype.
+
+        Unlisted types and rcodes share one tally each (counters.counted_*), so
+        a client inventing types cannot grow the table.
+        """
+        tkey = (kind, counted_rcode(rcode), counted_type(qtype))
+        found = self.tallies.get(tkey)
         if found is None:
-            found = self.tallies[(kind, rcode, qtype)] = [0] * VIAS
+            found = self.tallies[tkey] = [0] * VIAS
         return found
 
     @property

@@ -37,7 +37,7 @@ from prometheus_client.utils import floatToGoString
 
 from nodecache import __version__
 from nodecache.cache import Kind
-from nodecache.counters import Histogram
+from nodecache.counters import COUNTED_TYPES, Histogram
 from nodecache.dnstext import rcode_name, type_name
 
 if TYPE_CHECKING:
@@ -46,8 +46,9 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # The error types node-local-dns counts; each is exported (as 0) from the start.
 SETUP_ERROR_TYPES = ("configmap", "interface_add", "interface_check", "iptables", "iptables_lock")
-# Query types CoreDNS labels by name (plugin/metrics/vars/monitor.go); the rest are "other".
-MONITORED_TYPES = frozenset((1, 2, 5, 6, 12, 15, 16, 28, 33, 43, 46, 47, 48, 50, 64, 65, 251, 252, 255))
+# Query types labelled by name: CoreDNS's (plugin/metrics/vars/monitor.go) plus CAA; the rest are "other",
+# as the counters behind them already are (counters.COUNTED_TYPES).
+MONITORED_TYPES = COUNTED_TYPES
 PROTOS = ("udp", "tcp", "udp", "tcp")  # by `via` (cache.VIA_*)
 FAMILIES = ("1", "1", "2", "2")  # CoreDNS: 1 for IPv4, 2 for IPv6
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from nodecache import wire
 from nodecache.cache import Entry, MemoryBudget, ZoneCache
 from nodecache.config import STALE_REPLY_TTL, UPSTREAM_UDP_PAYLOAD, CachePolicy, Config, Zone, name_to_wire
-from nodecache.counters import Activity, Histogram
+from nodecache.counters import Activity, Histogram, counted_rcode, counted_type
 from nodecache.errors import UpstreamError
 from nodecache.forwarder import Forwarder, Overloaded
 from nodecache.logs import QueryLog, Throttle
@@ -316,7 +316,7 @@ class Resolver:
         assert zone is not None  # `answer` refused queries outside every zone
         stats = zone.stats
         stats.misses += 1
-        kind = (q.key[-5] << 8 | q.key[-4]) << 2 | via
+        kind = counted_type(q.key[-5] << 8 | q.key[-4]) << 2 | via  # bounded keys: see counters.COUNTED_TYPES
         stats.requests[kind] = stats.requests.get(kind, 0) + 1
         task = self._inflight.get(q.key)
         if task is None:
@@ -363,7 +363,8 @@ class Resolver:
             if not isinstance(exc, Overloaded):
                 zone.warn_failure(exc, self.clock())
             raise
-        zone.stats.rcodes[scan.rcode] = zone.stats.rcodes.get(scan.rcode, 0) + 1
+        rcode = counted_rcode(scan.rcode)
+        zone.stats.rcodes[rcode] = zone.stats.rcodes.get(rcode, 0) + 1
         return zone.cache.store(q.key, scan, q.do, self._udp_cap)
 
     def purge(self) -> int:
