@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from pathlib import Path
 
+import click
 import pytest
 from dnslib import EDNS0, RCODE, DNSRecord
 
 from nodecache import wire
 from nodecache.cache import Kind, ZoneCache
-from nodecache.config import Address, CachePolicy, Config
+from nodecache.cli import build_config, run
+from nodecache.config import DEFAULT_CACHE_MEMORY, Address, CachePolicy, Config
 from nodecache.counters import COUNTED_RCODES, COUNTED_TYPES, OTHER_RCODE, OTHER_TYPE, counted_type
 from nodecache.dnstext import rcode_name
 from nodecache.stats import render, report
@@ -30,6 +33,7 @@ BATCH = 50  # queries in flight at once while flooding
 TYPE_BATCH = 200
 HIT_TYPES = 500
 SVC = "kubernetes.default.svc.cluster.local"
+STOCK_COREFILE = Path(__file__).parent / "fixtures" / "node-local-dns.Corefile"
 # Room for every name the tests send, and a stale window that keeps expired entries from the
 # periodic purge (the sample zone's negative TTL is 5 s): only the budget evicts.
 ROOMY = CachePolicy(success_max_ttl=600, denial_max_ttl=600, stale_window=3600)
@@ -169,3 +173,20 @@ def test_rcode_and_type_keyed_tables_are_bounded() -> None:
 def test_types_fold_into_other(qtype: int, key: int) -> None:
     """Known types keep their number; any other is counted as OTHER_TYPE."""
     assert counted_type(qtype) == key
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, DEFAULT_CACHE_MEMORY), ("64Mi", 64 * 2**20), ("0", 0)])
+def test_cache_memory_flag_applies_with_and_without_a_corefile(
+    given: str | None, expected: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--cache-memory reaches the Config whether zones come from flags or from the stock Corefile."""
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 203.0.113.1\n")
+    monkeypatch.setenv("KUBE_DNS_UPSTREAM_SERVICE_HOST", "192.0.2.53")
+    opts: dict[str, object] = {o.name: o.default for o in run.params if isinstance(o, click.Option) and o.name}
+    opts.update(local_ip=("169.254.20.10",), node_resolv_conf=str(resolv), kube_dns_config_dir=None)
+    if given is not None:
+        opts["cache_memory"] = given
+    flags = build_config({**opts, "upstream": ("192.0.2.53",)})
+    corefile = build_config({**opts, "config": str(STOCK_COREFILE), "upstream_svc": "kube-dns-upstream"})
+    assert flags.cache_memory == corefile.cache_memory == expected
