@@ -412,8 +412,8 @@ class MemoryBudget:
     the small zones (the reverse zones, usually) their few entries and
     shrinks whichever zone grew.
 
-    Bytes are the caches' own running totals (`slot_size`), so `used` costs a
-    sum over the zones and a store one comparison when there is room.
+    Bytes are the caches' own running totals (`slot_size`), so `used` is a
+    sum over the zones, and a store with room to spare costs just that.
     """
 
     def __init__(self, limit: int) -> None:

@@ -58,9 +58,9 @@ DEFAULT_QUERY_LOG_SAMPLE = 1.0  # with --query-log: the share of queries logged
 # 2 caches x 9984 entries could reach ~100 MiB if all filled. The DaemonSet
 # requests 64 MiB; the agent takes about 31 MiB with empty caches, so 24 MiB
 # of answers (~29 MiB resident, measured: pymalloc's arenas add ~20%) keeps a
-# full agent near its request. That is ~19,000 typical answers: the cluster
-# zone's success and denial caches both full, which is where a node's
-# repeated lookups are.
+# full agent near its request (benchmarks/cache_memory.py measures it). That
+# is ~19,000 typical answers, about the cluster zone's success and denial
+# caches both full, which is where a node's repeated lookups are.
 DEFAULT_CACHE_MEMORY = 24 * 1024 * 1024
 MIN_CACHE_MEMORY = 1024 * 1024  # a few of the largest answers (64 KiB, kept twice) must fit
 _SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
@@ -231,8 +231,8 @@ class Config:
             raise ConfigError("the lameduck delay cannot be negative")
         if self.cache_memory < 0 or 0 < self.cache_memory < MIN_CACHE_MEMORY:
             raise ConfigError(
-                f"the cache memory budget must be 0 (no budget) or at least {MIN_CACHE_MEMORY // 2**20}Mi; "
-                f"{self.cache_memory} bytes cannot hold the largest answers"
+                f"the cache memory budget must be 0 (no budget) or at least {MIN_CACHE_MEMORY // 2**20}Mi "
+                f"(room for the largest answers), not {self.cache_memory} bytes"
             )
 
 

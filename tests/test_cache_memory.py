@@ -21,6 +21,7 @@ from nodecache.cli import build_config, run
 from nodecache.config import DEFAULT_CACHE_MEMORY, Address, CachePolicy, Config
 from nodecache.counters import COUNTED_RCODES, COUNTED_TYPES, OTHER_RCODE, OTHER_TYPE, counted_type
 from nodecache.dnstext import rcode_name
+from nodecache.resolver import Resolver
 from nodecache.stats import render, report
 from nodecache.upstream import Upstream
 from tests.conftest import ask_udp, make_config, running, with_zone
@@ -190,3 +191,16 @@ def test_cache_memory_flag_applies_with_and_without_a_corefile(
     flags = build_config({**opts, "upstream": ("192.0.2.53",)})
     corefile = build_config({**opts, "config": str(STOCK_COREFILE), "upstream_svc": "kube-dns-upstream"})
     assert flags.cache_memory == corefile.cache_memory == expected
+
+
+@pytest.mark.parametrize(("cache_memory", "shown"), [(0, "(no memory budget)"), (32 * 2**20, "of 32.0 MiB budget")])
+def test_stats_text_says_the_budget(cache_memory: int, shown: str) -> None:
+    """`nodecache stats` names the budget, says when there is none, and still reads an older agent's report."""
+    resolver = Resolver(replace(make_config(["192.0.2.53"]), cache_memory=cache_memory))
+    try:
+        data = report(resolver, started=0.0, listen=[("127.0.0.1", 53)], ready=True, not_ready=None)
+        assert shown in render(data)
+        del data["cache"]["memory"], data["cache"]["memory_evictions"]  # what an agent without the budget sends
+        assert "0 evictions (0 for memory)" in render(data) and "budget" not in render(data)
+    finally:
+        resolver.close()
