@@ -57,10 +57,11 @@ DEFAULT_QUERY_LOG_SAMPLE = 1.0  # with --query-log: the share of queries logged
 # An answer of ~100 bytes costs about 1.3 KB cached, so the default 4 zones x
 # 2 caches x 9984 entries could reach ~100 MiB if all filled. The DaemonSet
 # requests 64 MiB; the agent takes about 31 MiB with empty caches, so 24 MiB
-# of answers (~29 MiB resident, measured: pymalloc's arenas add ~20%) keeps a
-# full agent near its request (benchmarks/cache_memory.py measures it). That
-# is ~19,000 typical answers, about the cluster zone's success and denial
-# caches both full, which is where a node's repeated lookups are.
+# of answers (~29 MiB resident in benchmarks/cache_memory.py: the allocator
+# adds ~20%) keeps a full agent at its request: measured, an agent flooded
+# with 24,000 distinct names until the budget evicted held 63 MiB. That is
+# ~19,000 typical answers, about the cluster zone's success and denial caches
+# both full, which is where a node's repeated lookups are.
 DEFAULT_CACHE_MEMORY = 24 * 1024 * 1024
 MIN_CACHE_MEMORY = 1024 * 1024  # a few of the largest answers (64 KiB, kept twice) must fit
 _SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
