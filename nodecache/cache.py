@@ -18,12 +18,14 @@ Design notes:
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Callable, Iterator
 
-from cachetools import LRUCache
+from cachetools import Cache, LRUCache
 
 from nodecache import wire
 from nodecache.config import CachePolicy
+from nodecache.counters import counted_rcode, counted_type
 
 # How a query arrived, as an index into a tally: bit 0 set for TCP, bit 1 for IPv6.
 VIA_UDP4, VIA_TCP4, VIA_UDP6, VIA_TCP6 = 0, 1, 2, 3
@@ -32,6 +34,15 @@ VIAS = 4
 Tally = list[int]
 
 MAX_CUTS = 4  # truncation points an entry remembers (one per client size limit seen)
+# What one key costs a cachetools LRUCache beyond the key and the entry
+# themselves: its slot in the data dict and in the recency OrderedDict,
+# amortised over the tables' growth. Measured with tracemalloc on CPython
+# 3.11 / cachetools 8: 104 bytes a key from 5,000 to 20,000 keys (122 at 1,000).
+LRU_SLOT_BYTES = 104
+# Entry slots that hold objects shared with other entries, or not yet set when
+# the size is taken: not charged through the slot walk.
+_SHARED_SLOTS = frozenset(("kind", "tally", "size"))
+_SMALL_INT_LOW, _SMALL_INT_HIGH = -5, 256  # CPython keeps one shared object for each of these
 
 
 class Kind(enum.Enum):
@@ -148,7 +159,7 @@ class Entry:
             for i in range(4)
         )
         self._cuts: dict[int, tuple[int, tuple[bytes, bytes]]] | None = None  # see `_truncated`
-        self.size = len(self._body) + 200  # rough per-entry overhead in bytes
+        self.size = footprint(self)
 
     def reply(self, data: bytes, qend: int, edns: int, limit: int, now: float) -> bytes:
         """This answer for the query `data`: its ID, its exact question, our TTLs.
@@ -221,8 +232,41 @@ class Entry:
         return end, (bytes((flags1, h[1], *counts)), bytes((flags1 | wire.RD, h[1], *counts)))
 
 
+def footprint(entry: Entry) -> int:
+    """Bytes `entry` holds: itself and every object only it refers to (sys.getsizeof).
+
+    Bodies, header tuples, the OPT record, TTL and offset lists, the floats.
+    Replays after the entry's first second keep a second, TTL-lowered copy of
+    the body in `_body_at`; until then `_body_at` is `_body`, and counting
+    both slots reserves that copy up front. So the size never changes after
+    the entry is made and no hit has to account for anything. Computed on
+    the miss path only (a few microseconds). Small ints and None are shared
+    by the interpreter and cost nothing.
+    """
+    size = sys.getsizeof
+    total = size(entry)
+    for name in _CHARGED_SLOTS:
+        value = getattr(entry, name, None)
+        if value is None or (type(value) is int and _SMALL_INT_LOW <= value <= _SMALL_INT_HIGH):
+            continue
+        total += size(value)
+        if type(value) is tuple or type(value) is list:
+            for item in value:
+                if not (type(item) is int and _SMALL_INT_LOW <= item <= _SMALL_INT_HIGH):
+                    total += size(item)
+    return total + size(total)  # the size itself, an int object of its own
+
+
+_CHARGED_SLOTS = tuple(name for name in Entry.__slots__ if name not in _SHARED_SLOTS)
+
+
+def slot_size(key: bytes, entry: Entry) -> int:
+    """Bytes a stored entry costs: the entry, its key, and its slot in the LRU."""
+    return entry.size + sys.getsizeof(key) + LRU_SLOT_BYTES
+
+
 class _CountingLRU(LRUCache):  # type: ignore[type-arg]
-    """An LRU that counts what it had to evict, and the approximate bytes it holds.
+    """An LRU that counts what it had to evict, and the bytes it holds (`slot_size` of each entry).
 
     Bytes are kept up to date on every insert and removal (misses, evictions,
     purges, flushes), never on a hit, so reading them costs nothing.
@@ -230,7 +274,8 @@ class _CountingLRU(LRUCache):  # type: ignore[type-arg]
 
     def __init__(self, maxsize: int) -> None:
         super().__init__(maxsize)
-        self.evictions = 0
+        self.evictions = 0  # every eviction, for capacity or for memory
+        self.memory_evictions = 0  # those made to stay within the MemoryBudget
         self.bytes = 0
 
     def popitem(self) -> tuple[bytes, Entry]:
@@ -238,20 +283,42 @@ class _CountingLRU(LRUCache):  # type: ignore[type-arg]
         self.evictions += 1
         return item
 
+    def evict_for_memory(self) -> int:
+        """Drop the least recently used entry to free memory; return the bytes freed."""
+        key, entry = super().popitem()
+        self.evictions += 1
+        self.memory_evictions += 1
+        return slot_size(key, entry)
+
     def __setitem__(self, key: bytes, entry: Entry) -> None:
         if key in self:
-            self.bytes -= LRUCache.__getitem__(self, key).size
+            self.bytes -= slot_size(key, Cache.__getitem__(self, key))
         super().__setitem__(key, entry)
-        self.bytes += entry.size
+        self.bytes += slot_size(key, entry)
 
     def __delitem__(self, key: bytes) -> None:
-        size = LRUCache.__getitem__(self, key).size
+        size = slot_size(key, Cache.__getitem__(self, key))
         super().__delitem__(key)
         self.bytes -= size
 
     def clear(self) -> None:
         super().clear()
         self.bytes = 0
+
+    def peek(self, key: bytes) -> Entry | None:
+        """The entry for `key` without marking it used (LRUCache's own reads move it to the end)."""
+        return Cache.__getitem__(self, key) if key in self else None  # type: ignore[no-any-return]
+
+    def peek_items(self) -> Iterator[tuple[bytes, Entry]]:
+        """Every (key, entry) without touching recency: for purges, flushes and stats.
+
+        Iterating `items()` would read each entry through LRUCache.__getitem__ and
+        so mark every one as just used; a flood of new names would then evict
+        the hottest names first.
+        """
+        read = Cache.__getitem__
+        for key in list(self.keys()):
+            yield key, read(self, key)
 
 
 class ZoneCache:
@@ -264,12 +331,18 @@ class ZoneCache:
         self.denial = _CountingLRU(max(policy.denial_capacity, 1))
         # (kind, rcode, qtype) -> hits by how they arrived; see the module notes.
         self.tallies: dict[tuple[Kind, int, int], Tally] = {}
+        self.budget: MemoryBudget | None = None  # set by MemoryBudget.attach
 
     def tally(self, kind: Kind, rcode: int, qtype: int) -> Tally:
-        """The shared hit counters for entries of this kind, rcode and qtype."""
-        found = self.tallies.get((kind, rcode, qtype))
+        """The shared hit counters for entries of this kind, rcode and qtype.
+
+        Unlisted types and rcodes share one tally each (counters.counted_*), so
+        a client inventing types cannot grow the table.
+        """
+        tkey = (kind, counted_rcode(rcode), counted_type(qtype))
+        found = self.tallies.get(tkey)
         if found is None:
-            found = self.tallies[(kind, rcode, qtype)] = [0] * VIAS
+            found = self.tallies[tkey] = [0] * VIAS
         return found
 
     @property
@@ -303,30 +376,45 @@ class ZoneCache:
         if kind is Kind.SUCCESS:
             self.denial.pop(key, None)
             if p.success_capacity > 0:
-                self.success[key] = entry
+                self._put(self.success, key, entry)
             return entry
         if kind is Kind.DENIAL:
             self.success.pop(key, None)  # the name is gone: the old answer must not be served stale
         elif self._worth_keeping(key, now):
             return entry  # never hide a good answer, fresh or still servable stale, behind a failure
         if p.denial_capacity > 0:
-            self.denial[key] = entry
+            self._put(self.denial, key, entry)
         return entry
 
     def _worth_keeping(self, key: bytes, now: float) -> bool:
         """An answer or denial for `key` that is fresh, or may still be served stale (RFC 8767)."""
         for lru in (self.success, self.denial):
-            current = lru.get(key)
+            current = lru.peek(key)
             if current is not None and current.kind is not Kind.SERVFAIL and current.stale_until > now:
                 return True
         return False
+
+    def _put(self, lru: _CountingLRU, key: bytes, entry: Entry) -> None:
+        """Keep `entry`, first making room in the memory budget when there is one.
+
+        The entry it replaces, or the one the capacity bound would evict, goes
+        first, so the budget takes only what is still missing.
+        """
+        budget = self.budget
+        if budget is not None and budget.limit:
+            if key in lru:
+                del lru[key]
+            elif len(lru) >= lru.maxsize:
+                lru.popitem()  # a capacity eviction, counted as such
+            budget.make_room(slot_size(key, entry))
+        lru[key] = entry
 
     def purge(self) -> int:
         """Drop entries past their stale window; return how many."""
         now = self.clock()
         dropped = 0
         for lru in (self.success, self.denial):
-            for key in [k for k, e in lru.items() if e.stale_until <= now]:
+            for key in [k for k, e in lru.peek_items() if e.stale_until <= now]:
                 del lru[key]
                 dropped += 1
         return dropped
@@ -346,14 +434,81 @@ class ZoneCache:
 
     def entries(self) -> Iterator[tuple[bytes, Entry]]:
         """Every (key, entry), success first; for stats and tests."""
-        yield from self.success.items()
-        yield from self.denial.items()
+        yield from self.success.peek_items()
+        yield from self.denial.peek_items()
 
     @property
     def evictions(self) -> int:
+        """Every eviction, capacity and memory alike (coredns_cache_evictions_total)."""
         return self.success.evictions + self.denial.evictions
 
     @property
+    def memory_evictions(self) -> int:
+        """Evictions made to keep every zone's caches within the memory budget."""
+        return self.success.memory_evictions + self.denial.memory_evictions
+
+    @property
     def bytes(self) -> int:
-        """Approximate memory held by the entries (reply bytes plus a fixed overhead each)."""
+        """Memory held by the entries, their keys and their LRU slots (see `footprint`)."""
         return self.success.bytes + self.denial.bytes
+
+
+class MemoryBudget:
+    """One byte budget over the caches of every zone (`--cache-memory`); limit 0: none.
+
+    A store that would take the total past the limit first evicts least
+    recently used entries. From which cache: the denial cache holding the
+    most bytes, across all zones; a success cache only once every denial
+    cache is empty, again the one holding the most. Negative answers are
+    short-lived and cheap to ask again, and a flood of made-up names makes
+    only denials, so the flood cannot push good answers out while denials
+    remain. Taking from the largest cache, not the storing zone's, leaves
+    the small zones (the reverse zones, usually) their few entries and
+    shrinks whichever zone grew.
+
+    Bytes are the caches' own running totals (`slot_size`), so `used` is a
+    sum over the zones, and a store with room to spare costs just that.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.caches: list[ZoneCache] = []
+
+    def attach(self, caches: list[ZoneCache], limit: int | None = None) -> None:
+        """Govern exactly `caches` (a reload's new set of zones), then enforce the (new) limit at once."""
+        for cache in self.caches:
+            cache.budget = None
+        self.caches = list(caches)
+        for cache in self.caches:
+            cache.budget = self
+        if limit is not None:
+            self.limit = limit
+        self.make_room(0)
+
+    @property
+    def used(self) -> int:
+        """Bytes held by every governed cache."""
+        return sum(c.bytes for c in self.caches)
+
+    def make_room(self, size: int) -> None:
+        """Evict until `size` more bytes fit within the limit (or nothing is left to evict)."""
+        if not self.limit:
+            return
+        used = self.used
+        while used + size > self.limit:
+            victim = self._victim()
+            if victim is None:
+                return
+            used -= victim.evict_for_memory()
+
+    def _victim(self) -> _CountingLRU | None:
+        """The cache to evict from: the fullest denial cache, else the fullest success cache."""
+        for side in ("denial", "success"):
+            best: _CountingLRU | None = None
+            for cache in self.caches:
+                lru: _CountingLRU = getattr(cache, side)
+                if len(lru) and (best is None or lru.bytes > best.bytes):
+                    best = lru
+            if best is not None:
+                return best
+        return None

@@ -21,6 +21,7 @@ import click
 from nodecache import __version__
 from nodecache.config import (
     DEFAULT_ANSWER_DEADLINE,
+    DEFAULT_CACHE_MEMORY,
     DEFAULT_CAPACITY,
     DEFAULT_CLUSTER_DENIAL_TTL,
     DEFAULT_CLUSTER_DOMAIN,
@@ -59,6 +60,7 @@ from nodecache.config import (
     canonical_zone,
     check_interface_name,
     default_zones,
+    parse_size,
     read_resolv_conf,
     without_self,
 )
@@ -138,6 +140,9 @@ def main() -> None:
          help="Positive answers kept per zone (0 disables).")
 @_option("--denial-capacity", type=click.IntRange(0), default=DEFAULT_CAPACITY,
          help="Negative answers (NXDOMAIN, NODATA, SERVFAIL) kept per zone (0 disables).")
+@_option("--cache-memory", default=f"{DEFAULT_CACHE_MEMORY // 2**20}Mi", metavar="BYTES",
+         help="Memory all zones' cached answers may take together, e.g. 24Mi, 64MiB, 32M; least recently used "
+              "answers (negative ones first) make room. 0: only the per-zone entry capacities bound it.")
 @_option("--cluster-success-ttl", type=click.IntRange(0), default=DEFAULT_CLUSTER_SUCCESS_TTL,
          help="Longest time (s) a positive cluster-domain answer is cached.")
 @_option("--cluster-denial-ttl", type=click.IntRange(0), default=DEFAULT_CLUSTER_DENIAL_TTL,
@@ -296,7 +301,16 @@ def build_config(opts: dict[str, Any], explicit: frozenset[str] = frozenset()) -
         sync_interval=opts["sync_interval"],
         skip_teardown=opts["skip_teardown"],
         iptables_backend=opts["iptables_backend"],
+        cache_memory=_cache_memory(opts),
     )
+
+
+def _cache_memory(opts: dict[str, Any]) -> int:
+    """--cache-memory in bytes; the flag also applies with --config (the Corefile has no word for it)."""
+    try:
+        return parse_size(str(opts.get("cache_memory", DEFAULT_CACHE_MEMORY)))
+    except ConfigError as exc:
+        raise ConfigError(f"--cache-memory: {exc}") from None
 
 
 # ---------------------------------------------------------------------------- Corefile (--config)
@@ -396,6 +410,7 @@ def corefile_config(opts: dict[str, Any], explicit: frozenset[str] = frozenset()
         sync_interval=opts["sync_interval"],
         skip_teardown=opts["skip_teardown"],
         iptables_backend=opts["iptables_backend"],
+        cache_memory=_cache_memory(opts),
         max_tcp_connections=opts["max_tcp_connections"],  # the Corefile has no word for these
         max_tcp_per_client=opts["max_tcp_per_client"],
     )

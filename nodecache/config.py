@@ -75,6 +75,20 @@ DEFAULT_HEALTH_PORT = 8080
 DEFAULT_LAMEDUCK = 5.0
 DEFAULT_QUERY_LOG_SAMPLE = 1.0  # with --query-log: the share of queries logged
 
+# Cache memory budget (--cache-memory), over every zone's caches, in bytes as
+# cache.footprint counts them (within a few percent of tracemalloc's figure).
+# An answer of ~100 bytes costs about 1.3 KB cached, so the default 4 zones x
+# 2 caches x 9984 entries could reach ~100 MiB if all filled. The DaemonSet
+# requests 64 MiB; the agent takes about 31 MiB with empty caches, so 24 MiB
+# of answers (~29 MiB resident in benchmarks/cache_memory.py: the allocator
+# adds ~20%) keeps a full agent at its request: measured, an agent flooded
+# with 24,000 distinct names until the budget evicted held 63 MiB. That is
+# ~19,000 typical answers, about the cluster zone's success and denial caches
+# both full, which is where a node's repeated lookups are.
+DEFAULT_CACHE_MEMORY = 24 * 1024 * 1024
+MIN_CACHE_MEMORY = 1024 * 1024  # a few of the largest answers (64 KiB, kept twice) must fit
+_SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
+
 
 @dataclass(frozen=True)
 class Address:
@@ -220,6 +234,8 @@ class Config:
     reload_interval: float = 0.0
     # Loop detection (Resolver.check_loops): zones whose upstreams are probed at start (Corefile `loop`).
     loop_zones: tuple[str, ...] = ()
+    # Byte budget over every zone's caches (cache.MemoryBudget); 0: only the entry capacities bound them.
+    cache_memory: int = DEFAULT_CACHE_MEMORY
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -253,6 +269,26 @@ class Config:
             raise ConfigError("the answer deadline must be a positive number of seconds (default 1.8)")
         if self.max_waiting < 1 or self.max_waiting_per_name < 1:
             raise ConfigError("the caps on waiting queries must be at least 1")
+        if self.cache_memory < 0 or 0 < self.cache_memory < MIN_CACHE_MEMORY:
+            raise ConfigError(
+                f"the cache memory budget must be 0 (no budget) or at least {MIN_CACHE_MEMORY // 2**20}Mi "
+                f"(room for the largest answers), not {self.cache_memory} bytes"
+            )
+
+
+def parse_size(text: str) -> int:
+    """Bytes from an operator's size: 25165824, 24Mi, 64MiB, 32M, 512k, 1.5Gi (Kubernetes' suffixes)."""
+    raw = text.strip()
+    word = raw.lower().removesuffix("b")
+    number = word.rstrip("kmgi")
+    unit = _SIZE_UNITS.get(word[len(number) :])
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit is None or not 0 <= value < 2**53 or not number[:1].isdigit():
+        raise ConfigError(f"{text!r} is not a size; write bytes or a number with Ki, Mi, Gi, k, M or G, e.g. 24Mi")
+    return int(value * unit)
 
 
 def check_interface_name(name: str) -> str:

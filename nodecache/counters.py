@@ -9,6 +9,8 @@ Prometheus happens at scrape time (metrics.py); recording is an int add.
 - `TopCounter`: approximate top-N from sampled queries (names, clients).
 - `Activity`: the sampling state the listeners share, the per-second query
   rate over the last minute, and the sampled cost of a cache hit.
+- `counted_type` / `counted_rcode`: the keys of every per-type and per-rcode
+  table, so a client that invents types cannot grow them.
 """
 
 from __future__ import annotations
@@ -28,6 +30,28 @@ TOP_TRACKED = 1000  # distinct names (or clients) counted before the smaller hal
 SAMPLES_PER_SECOND = 1000  # queries sampled per second at most, whatever the load
 DECAY_INTERVAL = 60.0  # top-N counts halve this often, so the list follows recent traffic
 RATE_WINDOW = 60.0  # "queries per second over the last minute"
+
+# Query types counted under their own number: the ones CoreDNS's metrics name
+# (plugin/metrics/vars/monitor.go) plus CAA. Any other of the 65,536 types a
+# client may send is counted as OTHER_TYPE, so every table keyed by type
+# (cache tallies, requests by type) holds at most len(COUNTED_TYPES) + 1 keys.
+COUNTED_TYPES = frozenset((1, 2, 5, 6, 12, 15, 16, 28, 33, 43, 46, 47, 48, 50, 64, 65, 251, 252, 255, 257))
+OTHER_TYPE = 0  # reserved (RFC 6895 3.1): no real query asks for it
+# Rcodes counted under their own number: 0-23 covers every one assigned for
+# messages (RFC 6895 2.3, extended ones included); the other 4,072 an upstream
+# reply with an OPT record can carry are counted as OTHER_RCODE.
+COUNTED_RCODES = frozenset(range(24))
+OTHER_RCODE = -1  # not an rcode; shown as "other"
+
+
+def counted_type(qtype: int) -> int:
+    """The key `qtype` is counted under: itself if in COUNTED_TYPES, else OTHER_TYPE."""
+    return qtype if qtype in COUNTED_TYPES else OTHER_TYPE
+
+
+def counted_rcode(rcode: int) -> int:
+    """The key `rcode` is counted under: itself if in COUNTED_RCODES, else OTHER_RCODE."""
+    return rcode if rcode in COUNTED_RCODES else OTHER_RCODE
 
 
 class Histogram:

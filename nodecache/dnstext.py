@@ -31,6 +31,9 @@ def type_name(qtype: int) -> str:
 
 
 def rcode_name(rcode: int) -> str:
+    """NOERROR, NXDOMAIN...; RCODE12 for one without a mnemonic; "other" for counters.OTHER_RCODE (-1)."""
+    if rcode < 0:
+        return "other"
     name = RCODE.get(rcode)
     return name if isinstance(name, str) else f"RCODE{rcode}"
 

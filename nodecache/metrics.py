@@ -37,7 +37,7 @@ from prometheus_client.utils import floatToGoString
 
 from nodecache import __version__
 from nodecache.cache import Kind
-from nodecache.counters import Histogram
+from nodecache.counters import COUNTED_TYPES, Histogram
 from nodecache.dnstext import rcode_name, type_name
 
 if TYPE_CHECKING:
@@ -47,8 +47,9 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # The error types node-local-dns counts; each is exported (as 0) from the start.
 SETUP_ERROR_TYPES = ("configmap", "interface_add", "interface_check", "iptables", "iptables_lock")
-# Query types CoreDNS labels by name (plugin/metrics/vars/monitor.go); the rest are "other".
-MONITORED_TYPES = frozenset((1, 2, 5, 6, 12, 15, 16, 28, 33, 43, 46, 47, 48, 50, 64, 65, 251, 252, 255))
+# Query types labelled by name: CoreDNS's (plugin/metrics/vars/monitor.go) plus CAA; the rest are "other",
+# as the counters behind them already are (counters.COUNTED_TYPES).
+MONITORED_TYPES = COUNTED_TYPES
 PROTOS = ("udp", "tcp", "udp", "tcp")  # by `via` (cache.VIA_*)
 FAMILIES = ("1", "1", "2", "2")  # CoreDNS: 1 for IPv4, 2 for IPv6
 
@@ -158,7 +159,12 @@ class AgentCollector(Collector):
         )
         evictions = CounterMetricFamily("coredns_cache_evictions_total", "The count of cache evictions.", labels=both)
         size = GaugeMetricFamily(
-            "nodecache_cache_bytes", "Approximate bytes held by cached answers.", labels=["zone", "type"]
+            "nodecache_cache_bytes", "Bytes held by cached answers, their keys and LRU slots.", labels=["zone", "type"]
+        )
+        memory_evictions = CounterMetricFamily(
+            "nodecache_cache_memory_evictions_total",
+            "Evictions made to stay within --cache-memory (also counted in coredns_cache_evictions_total).",
+            labels=["zone", "type"],
         )
         for z in self.resolver.zones:
             c = z.cache
@@ -170,11 +176,20 @@ class AgentCollector(Collector):
                 hits.add_metric([srv, name, z.name, ""], by_kind[name])
                 evictions.add_metric([srv, name, z.name, ""], lru.evictions)
                 size.add_metric([z.name, name], lru.bytes)
+                memory_evictions.add_metric([z.name, name], lru.memory_evictions)
             requests.add_metric([srv, z.name, ""], sum(by_kind.values()) + z.stats.misses)
             misses.add_metric([srv, z.name, ""], z.stats.misses)
             prefetch.add_metric([srv, z.name, ""], z.stats.prefetches)
             stale.add_metric([srv, z.name, ""], z.stats.stale)
-        yield from (entries, requests, hits, misses, prefetch, stale, evictions, size)
+        yield from (entries, requests, hits, misses, prefetch, stale, evictions, size, memory_evictions)
+        budget = self.resolver.budget
+        yield GaugeMetricFamily(
+            "nodecache_cache_memory_bytes", "Bytes held by every zone's cached answers together.", value=budget.used
+        )
+        yield GaugeMetricFamily(
+            "nodecache_cache_memory_budget_bytes", "The --cache-memory budget over every zone's caches (0: none).",
+            value=budget.limit,
+        )  # fmt: skip
 
     def _forward(self) -> Iterator[Metric]:
         durations: dict[tuple[str, str], list[Histogram]] = {}

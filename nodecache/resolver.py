@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nodecache import wire
-from nodecache.cache import Entry, Kind, ZoneCache
+from nodecache.cache import Entry, Kind, MemoryBudget, ZoneCache
 from nodecache.config import STALE_REPLY_TTL, UPSTREAM_UDP_PAYLOAD, CachePolicy, Config, Zone, name_to_wire
-from nodecache.counters import Activity, Histogram
+from nodecache.counters import Activity, Histogram, counted_rcode, counted_type
 from nodecache.errors import UpstreamError
 from nodecache.forwarder import Forwarder, Overloaded
 from nodecache.logs import QueryLog, Throttle
@@ -186,6 +186,8 @@ class Resolver:
         self.clock = clock
         self.zones = [ZoneRuntime(z, clock) for z in config.zones]
         self.local = LocalZone(clock)
+        self.budget = MemoryBudget(config.cache_memory)  # --cache-memory, over the configured zones' caches
+        self.budget.attach([z.cache for z in self.zones])
         self._by_wire = {z.zone.wire: z for z in self.zones}
         self._by_wire[name_to_wire(LOCAL_ZONE)] = self.local
         self._memo: dict[bytes, ZoneRuntime | None] = {}
@@ -220,6 +222,7 @@ class Resolver:
         by_wire[name_to_wire(LOCAL_ZONE)] = self.local
         self.config = config
         self.zones = zones
+        self.budget.attach([z.cache for z in zones], config.cache_memory)
         self._by_wire = by_wire
         self._memo = {}
         self._udp_cap = config.max_udp_payload
@@ -363,7 +366,7 @@ class Resolver:
             return
         stats = zone.stats
         stats.misses += 1
-        kind = (q.key[-5] << 8 | q.key[-4]) << 2 | via
+        kind = counted_type(q.key[-5] << 8 | q.key[-4]) << 2 | via  # bounded keys: see counters.COUNTED_TYPES
         stats.requests[kind] = stats.requests.get(kind, 0) + 1
         if zone.forwarder.unreachable:
             # Every upstream is marked down and being probed: waiting would only burn the client's time.
@@ -484,7 +487,8 @@ class Resolver:
             if not isinstance(exc, Overloaded):
                 zone.warn_failure(exc, self.clock())
             raise
-        zone.stats.rcodes[scan.rcode] = zone.stats.rcodes.get(scan.rcode, 0) + 1
+        rcode = counted_rcode(scan.rcode)
+        zone.stats.rcodes[rcode] = zone.stats.rcodes.get(rcode, 0) + 1
         return zone.cache.store(q.key, scan, q.do, self._udp_cap)
 
     async def drain(self, timeout: float) -> None:

@@ -48,6 +48,7 @@ def _zone(z: ZoneRuntime) -> dict[str, Any]:
         "capacity": {"success": c.policy.success_capacity, "denial": c.policy.denial_capacity},
         "bytes": c.bytes,
         "evictions": c.evictions,
+        "memory_evictions": c.memory_evictions,  # included in evictions
         "stale_served": s.stale,
         "prefetches": s.prefetches,
         "coalesced": s.coalesced,
@@ -116,6 +117,9 @@ def report(
             "capacity": {k: sum(z["capacity"][k] for z in zones) for k in ("success", "denial")},
             "bytes": sum(z["bytes"] for z in zones),
             "evictions": sum(z["evictions"] for z in zones),
+            # --cache-memory: the budget over every zone (0: none), the bytes held, the evictions it made.
+            "memory": {"budget": resolver.budget.limit, "used": resolver.budget.used},
+            "memory_evictions": sum(z["memory_evictions"] for z in zones),
             "stale_served": sum(z["stale_served"] for z in zones),
             "prefetches": sum(z["prefetches"] for z in zones),
             "coalesced": sum(z["coalesced"] for z in zones),
@@ -189,6 +193,14 @@ def _tcp_line(t: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _memory(c: dict[str, Any]) -> str:
+    """The bytes the caches hold, and of what budget (an older agent's report has no budget)."""
+    budget = c.get("memory", {}).get("budget")
+    if not budget:
+        return f"{_size(c['bytes'])}" + ("" if budget is None else " (no memory budget)")
+    return f"{_size(c['bytes'])} of {_size(budget)} budget"
+
+
 def render(r: dict[str, Any]) -> str:
     """The readable summary of a `report` dict."""
     q, c, early = r["queries"], r["cache"], r["misses"]["early_answers"]
@@ -201,8 +213,9 @@ def render(r: dict[str, Any]) -> str:
         f"queries     {q['total']} total, {q['per_second_1m']:g}/s over the last minute",
         f"cache       {q['hits']} hits, {q['misses']} misses, hit ratio {_pct(q['hit_ratio'])}",
         f"entries     {c['entries']['success']} success / {c['capacity']['success']}, "
-        f"{c['entries']['denial']} denial / {c['capacity']['denial']}, about {_size(c['bytes'])}",
-        f"events      {c['evictions']} evictions, {c['stale_served']} stale served, {c['prefetches']} prefetches, "
+        f"{c['entries']['denial']} denial / {c['capacity']['denial']}, {_memory(c)}",
+        f"events      {c['evictions']} evictions ({c.get('memory_evictions', 0)} for memory), "
+        f"{c['stale_served']} stale served, {c['prefetches']} prefetches, "
         f"{c['coalesced']} coalesced",
         f"rejected    {q['refused_no_zone']} outside every zone, {q['malformed']} malformed, {q['dropped']} dropped, "
         f"{q.get('zone_transfer_refused', 0)} zone transfers",

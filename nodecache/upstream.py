@@ -33,7 +33,7 @@ from typing import Any
 
 from nodecache import wire
 from nodecache.config import Address
-from nodecache.counters import Histogram, Latencies
+from nodecache.counters import Histogram, Latencies, counted_rcode
 from nodecache.errors import UpstreamError
 from nodecache.framing import FramedConnection
 
@@ -182,6 +182,7 @@ class Upstream:
         """Record an answered query and its round trip; clears the failure streak."""
         self.fails = 0
         self.latencies.add(seconds)
+        rcode = counted_rcode(rcode)  # a bounded set of keys, whatever the upstream sends
         self.rtt.add(seconds)
         hist = self.durations.get(rcode)
         if hist is None:

@@ -6,6 +6,8 @@ dnslib. Time is a fake clock (a float in a closure), so nothing here sleeps or m
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,7 +15,7 @@ import pytest
 from dnslib import NS, QTYPE, RR
 
 from nodecache import wire
-from nodecache.cache import Entry, Kind, ZoneCache, classify, lifetime
+from nodecache.cache import Entry, Kind, MemoryBudget, ZoneCache, classify, lifetime, slot_size
 from nodecache.config import CachePolicy
 from tests.dnsmsg import a, cname, full_rcode, opt, opt_of, parse, query, question_bytes, records, reply, soa, ttls_of
 
@@ -689,3 +691,235 @@ class TestEntryReply:
         rec = parse(out)
         assert len(out) <= 512 and rec.header.tc == 1 and 0 < len(rec.rr) < 60
         assert ttls_of(rec) == [30] * len(rec.rr)
+
+
+# ---------------------------------------------------------------------------- LRU order
+
+
+def _walk_purge(cache: ZoneCache) -> None:
+    cache.purge()
+
+
+def _walk_entries(cache: ZoneCache) -> None:
+    list(cache.entries())
+
+
+def _walk_flush_nothing(cache: ZoneCache) -> None:
+    assert cache.flush(lambda key: False) == 0
+
+
+@pytest.mark.parametrize("walk", [_walk_purge, _walk_entries, _walk_flush_nothing], ids=["purge", "entries", "flush"])
+def test_read_only_walks_keep_lru_order(walk: Callable[[ZoneCache], None], clock: FakeClock) -> None:
+    """A purge, a stats walk or a flush that matches nothing leaves recency alone.
+
+    The hot names were stored first and then read; a flood of unique names
+    after the walk must push out the cold names, never the hot ones.
+    """
+    size, hot_count = 100, 10
+    cache = ZoneCache(CachePolicy(success_capacity=size), clock.now)
+    names = [f"n{i}.example.com." for i in range(size)]
+    for n in names:
+        cache.store(key_for(n), positive(60, n), False, 1232)
+    hot, cold = names[:hot_count], names[hot_count:]
+    for n in hot:
+        assert cache.get(key_for(n)) is not None
+    walk(cache)
+    for i in range(size - hot_count):
+        n = f"flood{i}.example.com."
+        cache.store(key_for(n), positive(60, n), False, 1232)
+    assert all(cache.get(key_for(n)) is not None for n in hot)
+    assert not any(cache.get(key_for(n)) is not None for n in cold)
+
+
+def test_purge_drops_expired_without_reordering_survivors(clock: FakeClock) -> None:
+    """After a purge that removes expired entries, the next eviction is still the least recently used."""
+    cache = ZoneCache(CachePolicy(success_capacity=3, stale_window=0), clock.now)
+    cache.store(key_for("old.example.com."), positive(60, "old.example.com."), False, 1232)
+    cache.store(key_for("gone.example.com."), positive(5, "gone.example.com."), False, 1232)
+    cache.store(key_for("new.example.com."), positive(60, "new.example.com."), False, 1232)
+    assert cache.get(key_for("old.example.com.")) is not None  # old is now the most recent
+    clock.advance(10)
+    assert cache.purge() == 1
+    for n in ("x.example.com.", "y.example.com."):
+        cache.store(key_for(n), positive(60, n), False, 1232)
+    assert cache.get(key_for("new.example.com.")) is None  # least recently used: evicted
+    assert cache.get(key_for("old.example.com.")) is not None
+
+
+# ---------------------------------------------------------------------------- byte accounting
+
+
+def _measured_growth(count: int) -> tuple[ZoneCache, int, int]:
+    """Store `count` realistic answers (~100-byte replies, three A records) while tracemalloc watches.
+
+    Returns the cache, the bytes it grew by once stored, and once every entry
+    was replayed a second later (each then holds its TTL-lowered body too).
+    The clock makes a new float per call, as time.monotonic does.
+    """
+    t = [T0]
+
+    def now() -> float:
+        return t[0] + 0.0
+
+    msgs = []
+    for i in range(count):
+        name = f"svc{i:05d}.default.svc.cluster.local."
+        msgs.append((query(name), reply(name, answers=[a(name, 30, f"192.0.2.{j + 1}") for j in range(3)])))
+    assert 90 <= len(msgs[0][1]) <= 110
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        cache = ZoneCache(CachePolicy(success_capacity=count), now)
+        for q, msg in msgs:
+            qs = wire.scan_query(q)
+            cache.store(qs.key, wire.scan_reply(msg, qs.lname, qs.key[len(qs.lname) : len(qs.lname) + 4]), False, 1232)
+        gc.collect()
+        stored = tracemalloc.get_traced_memory()[0] - base
+        t[0] += 1
+        for q, _ in msgs:
+            qs = wire.scan_query(q)
+            entry = cache.get(qs.key)
+            assert entry is not None
+            entry.reply(q, qs.qend, qs.edns, 1232, now())
+        del qs, entry
+        gc.collect()
+        replayed = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    return cache, stored, replayed
+
+
+def test_accounted_bytes_match_measured_memory() -> None:
+    """The cache's byte total is what tracemalloc sees it take, within 25%, before and after hits.
+
+    An entry keeps a second, TTL-lowered copy of its body once it is replayed
+    after its first second; the accounting reserves it from the start, so the
+    total does not move on a hit.
+    """
+    cache, stored, replayed = _measured_growth(2000)
+    accounted = cache.bytes
+    assert replayed > stored  # the second body copies exist
+    assert 0.75 * stored <= accounted <= 1.25 * stored, (accounted, stored)
+    assert 0.75 * replayed <= accounted <= 1.25 * replayed, (accounted, replayed)
+
+
+def test_byte_total_follows_removals(clock: FakeClock) -> None:
+    """Evictions, replacements, purges and flushes give back exactly what the entries were charged."""
+    cache = ZoneCache(CachePolicy(success_capacity=3, denial_capacity=3), clock.now)
+    assert cache.bytes == 0
+    cache.store(key_for("a.example.com."), positive(10, "a.example.com."), False, 1232)
+    one = cache.bytes
+    assert one > len(reply("a.example.com.", answers=[a("a.example.com.", 10)]))
+    cache.store(key_for("a.example.com."), positive(10, "a.example.com."), False, 1232)  # replaced
+    assert cache.bytes == one
+    for n in ("b.example.com.", "c.example.com.", "d.example.com."):  # a is evicted
+        cache.store(key_for(n), positive(60, n), False, 1232)
+    cache.store(key_for("nx.example.com."), nxdomain(name="nx.example.com."), False, 1232)
+    assert cache.bytes == sum(slot_size(k, e) for k, e in cache.entries())
+    cache.flush(lambda k: k == key_for("b.example.com."))
+    assert cache.bytes == sum(slot_size(k, e) for k, e in cache.entries())
+    clock.advance(3600 + 3600)  # past expiry and the default stale window
+    cache.purge()
+    assert cache.bytes == 0 and stored_keys(cache) == []
+
+
+# ---------------------------------------------------------------------------- memory budget
+
+
+def _fill(cache: ZoneCache, prefix: str, count: int, denial: bool = False) -> list[str]:
+    """Store `count` distinct names (answers, or NXDOMAINs with `denial`); return them."""
+    names = [f"{prefix}{i}.example.com." for i in range(count)]
+    for n in names:
+        cache.store(key_for(n), nxdomain(name=n) if denial else positive(60, n), False, 1232)
+    return names
+
+
+def _entry_cost(clock: FakeClock) -> int:
+    probe = ZoneCache(CachePolicy(), clock.now)
+    _fill(probe, "probe", 1)
+    return probe.bytes
+
+
+def _budgeted(clock: FakeClock, zones: int, limit: int) -> tuple[MemoryBudget, list[ZoneCache]]:
+    caches = [ZoneCache(CachePolicy(stale_window=3600), clock.now) for _ in range(zones)]
+    budget = MemoryBudget(limit)
+    budget.attach(caches)
+    return budget, caches
+
+
+class TestMemoryBudget:
+    """--cache-memory: one byte budget over every zone, enforced on store with the true accounting."""
+
+    def test_total_stays_within_the_budget(self, clock: FakeClock) -> None:
+        """A flood of new names never takes the total past the limit; the newest names stay, evictions counted."""
+        limit = 20 * _entry_cost(clock)
+        budget, (cache,) = _budgeted(clock, 1, limit)
+        names = []
+        for i in range(100):
+            names += _fill(cache, f"flood{i}-", 1)
+            assert budget.used <= limit
+        assert budget.used > limit - 2 * _entry_cost(clock)  # it fills up to the budget, not far below
+        kept = len(cache.success)
+        assert 15 <= kept <= 20
+        assert all(cache.get(key_for(n)) is not None for n in names[-kept:])
+        assert cache.memory_evictions == 100 - kept
+        assert cache.evictions == cache.memory_evictions  # counted in the total too; no capacity eviction
+
+    def test_capacity_evictions_are_not_memory_evictions(self, clock: FakeClock) -> None:
+        """With room in the budget, the entry capacity still bounds a cache and is counted apart."""
+        cache = ZoneCache(CachePolicy(success_capacity=5), clock.now)
+        budget = MemoryBudget(100 * _entry_cost(clock))
+        budget.attach([cache])
+        _fill(cache, "n", 12)
+        assert len(cache.success) == 5
+        assert (cache.evictions, cache.memory_evictions) == (7, 0)
+
+    def test_denials_go_first_across_zones(self, clock: FakeClock) -> None:
+        """Answers stored past the budget push out every denial, in any zone, before any answer."""
+        cost = _entry_cost(clock)
+        budget, (a_zone, b_zone) = _budgeted(clock, 2, 30 * cost)
+        good = _fill(a_zone, "good", 10)
+        _fill(b_zone, "nx", 15, denial=True)
+        _fill(b_zone, "more", 10)  # needs ~5 entries' room: taken from the denials
+        assert all(a_zone.get(key_for(n)) is not None for n in good)
+        assert len(b_zone.denial) < 15 and len(b_zone.success) == 10
+        assert b_zone.denial.memory_evictions > 0 and a_zone.memory_evictions == 0
+        assert b_zone.success.memory_evictions == 0
+
+    def test_the_fullest_cache_gives(self, clock: FakeClock) -> None:
+        """Once denials are gone, the success cache holding the most bytes gives, not the one storing."""
+        cost = _entry_cost(clock)
+        budget, (big, small) = _budgeted(clock, 2, 30 * cost)
+        _fill(big, "big", 25)
+        few = _fill(small, "small", 3)
+        _fill(small, "late", 5)
+        assert all(small.get(key_for(n)) is not None for n in few)
+        assert small.memory_evictions == 0 and big.memory_evictions > 0
+        assert budget.used <= 30 * cost
+
+    def test_zero_is_no_budget(self, clock: FakeClock) -> None:
+        """Limit 0: only the entry capacities bound the caches."""
+        budget, (cache,) = _budgeted(clock, 1, 0)
+        _fill(cache, "n", 200)
+        assert len(cache.success) == 200 and cache.memory_evictions == 0 and budget.used == cache.bytes
+
+    def test_reattach_with_a_lower_limit_shrinks_at_once(self, clock: FakeClock) -> None:
+        """A reload that lowers the budget evicts down to it immediately; caches it no longer lists are let go."""
+        cost = _entry_cost(clock)
+        budget, (kept, dropped) = _budgeted(clock, 2, 100 * cost)
+        _fill(kept, "k", 40)
+        _fill(dropped, "d", 40)
+        budget.attach([kept], 10 * cost)
+        assert budget.used == kept.bytes <= 10 * cost
+        assert dropped.budget is None and len(dropped.success) == 40
+        _fill(dropped, "after", 5)  # an in-flight miss landing in a retired zone evicts nothing elsewhere
+        assert budget.used <= 10 * cost
+
+    def test_replacing_an_entry_does_not_evict_another(self, clock: FakeClock) -> None:
+        """Storing a key again frees its old entry first; a full budget evicts nothing for it."""
+        cost = _entry_cost(clock)
+        budget, (cache,) = _budgeted(clock, 1, 5 * cost)
+        names = _fill(cache, "n", 5)
+        cache.store(key_for(names[0]), positive(60, names[0]), False, 1232)
+        assert cache.memory_evictions == 0 and len(cache.success) == 5

@@ -30,6 +30,7 @@ RUN_FLAGS = [
     "--query-log-sample", "--query-log-errors-only",
     "--config", "--corefile", "--upstream-svc", "--kube-dns-config-dir",
     "--max-tcp-connections", "--max-tcp-per-client",
+    "--cache-memory",
 ]  # fmt: skip
 
 
@@ -60,8 +61,11 @@ def test_every_run_flag_has_help_and_an_env_var() -> None:
         (["--upstream", "192.0.2.10", "--listen", "[2001:db8::10]"], "'[2001:db8::10]' is not an IP address"),
         ([], "no cluster DNS upstream"),
         (["--upstream", "192.0.2.10", "--node-resolv-conf", "/nonexistent/resolv.conf"], "/nonexistent/resolv.conf"),
+        (["--upstream", "192.0.2.10", "--cache-memory", "lots"], "--cache-memory: 'lots' is not a size"),
+        (["--upstream", "192.0.2.10", "--cache-memory", "4k"], "at least 1Mi"),
     ],
-    ids=["upstream-hostname", "upstream-port", "listen-hostname", "listen-bracketed", "no-upstream", "resolv-conf-missing"],
+    ids=["upstream-hostname", "upstream-port", "listen-hostname", "listen-bracketed", "no-upstream", "resolv-conf-missing",
+         "cache-memory-word", "cache-memory-too-small"],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
     conf = tmp_path / "resolv.conf"

@@ -22,6 +22,7 @@ from nodecache.config import (
     canonical_zone,
     default_zones,
     name_to_wire,
+    parse_size,
     read_resolv_conf,
     without_self,
 )
@@ -430,6 +431,8 @@ def test_config_valid() -> None:
         ({"zones": _zones(".", "")}, "."),
         ({"loop": "trio"}, "trio"),
         ({"loop": ""}, "loop"),
+        ({"cache_memory": -1}, "cache memory budget"),
+        ({"cache_memory": 1000}, "at least 1Mi"),
     ],
 )
 def test_config_invalid(kwargs: dict[str, object], mentions: str) -> None:
@@ -438,3 +441,42 @@ def test_config_invalid(kwargs: dict[str, object], mentions: str) -> None:
     with pytest.raises(ConfigError) as info:
         Config(**{**base, **kwargs})  # type: ignore[arg-type]
     assert mentions in str(info.value)
+
+
+# ---------------------------------------------------------------------------- sizes (--cache-memory)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("0", 0),
+        ("25165824", 25165824),
+        ("24Mi", 24 * 2**20),
+        ("64MiB", 64 * 2**20),
+        ("24mi", 24 * 2**20),
+        ("32M", 32_000_000),
+        ("32MB", 32_000_000),
+        ("512k", 512_000),
+        ("512Ki", 512 * 1024),
+        ("1.5Gi", 3 * 2**29),
+        (" 2Gi ", 2 * 2**30),
+    ],
+)
+def test_parse_size(text: str, size: int) -> None:
+    """Bytes, or a number with Kubernetes' binary (Ki, Mi, Gi) or decimal (k, M, G) suffixes."""
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "Mi", "-1", "-1Mi", "lots", "1Ti", "1.5.2Mi", "nan", "inf", "Mi24"])
+def test_parse_size_rejects(text: str) -> None:
+    """Anything else is a ConfigError that quotes the input and shows a valid example."""
+    with pytest.raises(ConfigError) as info:
+        parse_size(text)
+    assert repr(text) in str(info.value) and "24Mi" in str(info.value)
+
+
+def test_cache_memory_zero_means_no_budget() -> None:
+    """0 is allowed (no budget beyond the entry capacities); the default is a budget."""
+    base = Config(listen=("169.254.20.10",), port=53, zones=_zones("cluster.local", "."))
+    assert dataclasses.replace(base, cache_memory=0).cache_memory == 0
+    assert base.cache_memory >= 2**20

@@ -1,0 +1,206 @@
+"""--cache-memory and bounded counters, through a running agent: what an operator sees.
+
+The agent answers from a fake upstream; the test floods it with distinct names
+(bounded in count) and reads the result back the way an operator would: the
+stats report and a /metrics scrape parsed with prometheus_client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+
+import click
+import pytest
+from dnslib import EDNS0, RCODE, DNSRecord
+
+from nodecache import wire
+from nodecache.cache import Kind, ZoneCache
+from nodecache.cli import build_config, run
+from nodecache.config import DEFAULT_CACHE_MEMORY, Address, CachePolicy, Config
+from nodecache.counters import COUNTED_RCODES, COUNTED_TYPES, OTHER_RCODE, OTHER_TYPE, counted_type
+from nodecache.dnstext import rcode_name
+from nodecache.resolver import Resolver
+from nodecache.stats import render, report
+from nodecache.upstream import Upstream
+from tests.conftest import ask_udp, make_config, running, with_zone
+from tests.support.fakeupstream import FakeUpstream
+from tests.support.http import scrape, value
+from tests.support.net import free_port
+
+BUDGET = 1024 * 1024  # the smallest budget a Config accepts
+BATCH = 50  # queries in flight at once while flooding
+TYPE_BATCH = 200
+HIT_TYPES = 500
+SVC = "kubernetes.default.svc.cluster.local"
+STOCK_COREFILE = Path(__file__).parent / "fixtures" / "node-local-dns.Corefile"
+# Room for every name the tests send, and a stale window that keeps expired entries from the
+# periodic purge (the sample zone's negative TTL is 5 s): only the budget evicts.
+ROOMY = CachePolicy(success_max_ttl=600, denial_max_ttl=600, stale_window=3600)
+
+
+def agent_config(up: FakeUpstream, cache_memory: int, **extra: object) -> Config:
+    base = make_config([f"127.0.0.1:{up.port}"], [f"127.0.0.1:{up.port}"])
+    return replace(with_zone(base, "cluster.local.", cache=ROOMY), cache_memory=cache_memory, **extra)  # type: ignore[arg-type]
+
+
+def key(name: str) -> bytes:
+    return wire.scan_query(query(name)).key
+
+
+def query(name: str, qtype: str | int = "A", qid: int = 7) -> bytes:
+    q = DNSRecord.question(name, qtype) if isinstance(qtype, str) else DNSRecord.question(name, "A")
+    if not isinstance(qtype, str):
+        q.q.qtype = qtype
+    q.header.id = qid
+    q.add_ar(EDNS0(udp_len=1232))
+    return bytes(q.pack())
+
+
+async def flood(port: int, names: list[str], qtype: str | int = "A") -> list[bytes | None]:
+    """Ask every name once, BATCH at a time (bounded: len(names) queries in all)."""
+    replies: list[bytes | None] = []
+    for i in range(0, len(names), BATCH):
+        chunk = names[i : i + BATCH]
+        replies += await asyncio.gather(*(ask_udp(port, query(n, qtype, qid=j)) for j, n in enumerate(chunk)))
+    return replies
+
+
+@pytest.mark.slow
+async def test_budget_bounds_a_flood_and_shows_in_stats_and_metrics(upstream: FakeUpstream) -> None:
+    """Distinct names past the budget: bytes stay within it, denials went first, all of it visible."""
+    metrics_port = free_port()
+    config = agent_config(upstream, BUDGET, metrics_address=f"127.0.0.1:{metrics_port}")
+    async with running(config) as srv:
+        port = srv.bound[0][1]
+        resolver = srv.resolver
+        cluster = resolver.zones[0].cache
+        denied = await flood(port, [f"nx{i}.default.svc.cluster.local" for i in range(200)])
+        assert all(r is not None and DNSRecord.parse(r).header.rcode == RCODE.NXDOMAIN for r in denied)
+        assert len(cluster.denial) == 200
+        answered = await flood(port, [f"p{i}.wild.cluster.local" for i in range(1200)])
+        assert all(r is not None and DNSRecord.parse(r).header.rcode == RCODE.NOERROR for r in answered)
+        assert resolver.budget.used <= BUDGET
+        assert len(cluster.denial) == 0  # every denial made room before any answer did
+        assert 500 < len(cluster.success) < 1200
+        assert cluster.memory_evictions == 200 + 1200 - len(cluster.success)
+        stats = report(resolver, started=0.0, listen=[("127.0.0.1", port)], ready=True, not_ready=None)
+        metrics = await asyncio.to_thread(scrape, "127.0.0.1", metrics_port)
+    assert stats["cache"]["memory"] == {"budget": BUDGET, "used": resolver.budget.used}
+    assert stats["cache"]["memory_evictions"] == cluster.memory_evictions
+    assert stats["zones"][0]["memory_evictions"] == cluster.memory_evictions
+    text = render(stats)
+    assert "of 1.0 MiB budget" in text and f"({cluster.memory_evictions} for memory)" in text
+    assert value(metrics, "nodecache_cache_memory_budget_bytes") == BUDGET
+    assert 0 < value(metrics, "nodecache_cache_memory_bytes") <= BUDGET
+    assert value(metrics, "nodecache_cache_memory_evictions_total", zone="cluster.local.") == cluster.memory_evictions
+    assert value(metrics, "coredns_cache_evictions_total", zones="cluster.local.") == cluster.evictions
+    assert value(metrics, "nodecache_cache_bytes") == resolver.budget.used
+
+
+@pytest.mark.slow
+async def test_a_reload_applies_a_lower_budget_at_once(upstream: FakeUpstream) -> None:
+    """Reconfiguring with a smaller --cache-memory shrinks the caches to it, keeping the newest answers."""
+    config = agent_config(upstream, 0)
+    async with running(config) as srv:
+        port = srv.bound[0][1]
+        names = [f"r{i}.wild.cluster.local" for i in range(1500)]
+        await flood(port, names)
+        resolver = srv.resolver
+        assert resolver.budget.used > BUDGET
+        resolver.reconfigure(replace(config, cache_memory=BUDGET))
+        assert resolver.budget.used <= BUDGET
+        cache = resolver.zones[0].cache
+        assert cache.get(key(names[-1])) is not None and cache.get(key(names[0])) is None
+        assert cache.memory_evictions == len(names) - len(cache.success)
+
+
+@pytest.mark.slow
+async def test_counters_stay_bounded_whatever_types_clients_invent(upstream: FakeUpstream) -> None:
+    """5,000 distinct query types, missed and some hit: per-type tables keep a key per known type plus "other"."""
+    metrics_port = free_port()
+    config = agent_config(upstream, 0, metrics_address=f"127.0.0.1:{metrics_port}")
+    qtypes = list(range(1000, 6000))  # unassigned types: ordinary queries the upstream answers NODATA
+    hits = qtypes[:HIT_TYPES]
+    async with running(config) as srv:
+        port = srv.bound[0][1]
+        replies = await flood_types(port, SVC, qtypes)  # misses
+        replies += await flood_types(port, SVC, hits)  # hits
+        replies += await flood_types(port, SVC, [1, 28, 33])  # A, AAAA, SRV keep their own keys
+        zone = srv.resolver.zones[0]
+        metrics = await asyncio.to_thread(scrape, "127.0.0.1", metrics_port)
+    assert all(r is not None for r in replies)
+    # Every query counted, as a hit or a miss (how many of the second pass hit depends on the negative TTL).
+    assert zone.cache.hits + zone.stats.misses == len(qtypes) + len(hits) + 3
+    assert {t for (_kind, _rcode, t) in zone.cache.tallies} == {OTHER_TYPE, 1, 28, 33}
+    assert len(zone.cache.tallies) <= 4
+    assert {k >> 2 for k in zone.stats.requests} == {OTHER_TYPE, 1, 28, 33}
+    mine = [dict(k) for k in metrics["coredns_dns_requests_total"] if dict(k)["zone"] == "cluster.local."]
+    assert {labels["type"] for labels in mine} == {"other", "A", "AAAA", "SRV"}
+    assert value(metrics, "coredns_dns_requests_total", zone="cluster.local.", type="other") == len(qtypes) + len(hits)
+    assert len(metrics["coredns_dns_requests_total"]) < 20
+
+
+async def flood_types(port: int, name: str, qtypes: list[int]) -> list[bytes | None]:
+    """Ask `name` once per type, TYPE_BATCH at a time (bounded: len(qtypes) queries)."""
+    replies: list[bytes | None] = []
+    for i in range(0, len(qtypes), TYPE_BATCH):
+        chunk = qtypes[i : i + TYPE_BATCH]
+        replies += await asyncio.gather(*(ask_udp(port, query(name, t, qid=t)) for t in chunk))
+    return replies
+
+
+def test_rcode_and_type_keyed_tables_are_bounded() -> None:
+    """Every extended rcode (12 bits) and every type (16 bits) lands in a small fixed set of keys."""
+    up = Upstream(Address("127.0.0.1", 53), 10.0, 0.5, 2, tcp=False)
+    by_rcode = ZoneCache(CachePolicy(), lambda: 1000.0)
+    by_type = ZoneCache(CachePolicy(), lambda: 1000.0)
+    for rcode in range(4096):
+        up.succeeded(0.001, rcode)
+        by_rcode.tally(Kind.SERVFAIL, rcode, 1)
+    for qtype in range(65536):
+        by_type.tally(Kind.DENIAL, 0, qtype)
+    assert set(up.durations) == set(COUNTED_RCODES) | {OTHER_RCODE}
+    assert sum(h.count for h in up.durations.values()) == 4096
+    assert {rcode for _, rcode, _ in by_rcode.tallies} == set(COUNTED_RCODES) | {OTHER_RCODE}
+    assert {qtype for _, _, qtype in by_type.tallies} == set(COUNTED_TYPES) | {OTHER_TYPE}
+    assert rcode_name(OTHER_RCODE) == "other" and rcode_name(3) == "NXDOMAIN"
+
+
+@pytest.mark.parametrize(
+    ("qtype", "key"), [(1, 1), (28, 28), (257, 257), (65, 65), (0, 0), (99, OTHER_TYPE), (65535, OTHER_TYPE)]
+)
+def test_types_fold_into_other(qtype: int, key: int) -> None:
+    """Known types keep their number; any other is counted as OTHER_TYPE."""
+    assert counted_type(qtype) == key
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, DEFAULT_CACHE_MEMORY), ("64Mi", 64 * 2**20), ("0", 0)])
+def test_cache_memory_flag_applies_with_and_without_a_corefile(
+    given: str | None, expected: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--cache-memory reaches the Config whether zones come from flags or from the stock Corefile."""
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 203.0.113.1\n")
+    monkeypatch.setenv("KUBE_DNS_UPSTREAM_SERVICE_HOST", "192.0.2.53")
+    opts: dict[str, object] = {o.name: o.default for o in run.params if isinstance(o, click.Option) and o.name}
+    opts.update(local_ip=("169.254.20.10",), node_resolv_conf=str(resolv), kube_dns_config_dir=None)
+    if given is not None:
+        opts["cache_memory"] = given
+    flags = build_config({**opts, "upstream": ("192.0.2.53",)})
+    corefile = build_config({**opts, "config": str(STOCK_COREFILE), "upstream_svc": "kube-dns-upstream"})
+    assert flags.cache_memory == corefile.cache_memory == expected
+
+
+@pytest.mark.parametrize(("cache_memory", "shown"), [(0, "(no memory budget)"), (32 * 2**20, "of 32.0 MiB budget")])
+def test_stats_text_says_the_budget(cache_memory: int, shown: str) -> None:
+    """`nodecache stats` names the budget, says when there is none, and still reads an older agent's report."""
+    resolver = Resolver(replace(make_config(["192.0.2.53"]), cache_memory=cache_memory))
+    try:
+        data = report(resolver, started=0.0, listen=[("127.0.0.1", 53)], ready=True, not_ready=None)
+        assert shown in render(data)
+        del data["cache"]["memory"], data["cache"]["memory_evictions"]  # what an agent without the budget sends
+        assert "0 evictions (0 for memory)" in render(data) and "budget" not in render(data)
+    finally:
+        resolver.close()
