@@ -31,6 +31,7 @@ from nodecache.config import (
     DEFAULT_LOCAL_IP,
     DEFAULT_MAX_UDP_PAYLOAD,
     DEFAULT_METRICS_ADDRESS,
+    DEFAULT_NODE_LOCK_DIR,
     DEFAULT_OTHER_TTL,
     DEFAULT_QUERY_LOG_SAMPLE,
     DEFAULT_RESOLV_CONF,
@@ -50,6 +51,7 @@ from nodecache.config import (
     Zone,
     canonical_zone,
     check_interface_name,
+    default_node_lock,
     default_zones,
     read_resolv_conf,
     without_self,
@@ -145,6 +147,10 @@ def main() -> None:
          help="Leave the interface and rules in place at exit (for upgrades: the next agent takes them over).")
 @_option("--iptables-backend", type=click.Choice(IPTABLES_BACKENDS), default="auto",
          help="iptables flavour for the rules; auto picks the one already holding the node's (kube-proxy's) rules.")
+@_option("--node-lock", default=None, metavar="PATH",
+         help="Lock file every agent of this node holds while it runs (on a directory all agent pods share): at exit "
+              "an agent leaves the interface and rules in place while another still holds it; 'off' uses none. "
+              f"[default: {DEFAULT_NODE_LOCK_DIR}/INTERFACE-NAME.lock]")
 @_option("--log-level", type=click.Choice(LOG_LEVELS), default="info", help="Least severe log level shown.")
 @_option("--log-format", type=click.Choice(LOG_FORMATS), default="text",
          help="Log lines as text (time level logger: message key=value) or as one JSON object per line.")
@@ -250,6 +256,7 @@ def build_config(opts: dict[str, Any], explicit: frozenset[str] = frozenset()) -
         sync_interval=opts["sync_interval"],
         skip_teardown=opts["skip_teardown"],
         iptables_backend=opts["iptables_backend"],
+        node_lock=_node_lock(opts),
     )
 
 
@@ -348,6 +355,7 @@ def corefile_config(opts: dict[str, Any], explicit: frozenset[str] = frozenset()
         sync_interval=opts["sync_interval"],
         skip_teardown=opts["skip_teardown"],
         iptables_backend=opts["iptables_backend"],
+        node_lock=_node_lock(opts),
     )
 
 
@@ -398,6 +406,14 @@ OFF = ("off", "none", "")
 def _unless_off(value: str) -> str | None:
     """None for 'off' (an endpoint not served), else the value."""
     return None if value.strip().lower() in OFF else value
+
+
+def _node_lock(opts: dict[str, Any]) -> str | None:
+    """--node-lock: the path given, none for 'off', else the interface's lock in the node's lock directory."""
+    given = opts.get("node_lock")
+    if given is None:
+        return default_node_lock(opts["interface_name"])
+    return _unless_off(given) or None
 
 
 def _http_address(flag: str, value: str) -> str | None:

@@ -7,10 +7,13 @@ methods so the order is visible in one place (`serve`).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
 import socket
+import struct
+import termios
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 
 PURGE_INTERVAL = 10.0  # seconds between sweeps of entries past their stale window
 DRAIN_TIMEOUT = 3.0  # seconds in-flight misses get to finish at shutdown
+UDP_CLOSE_POLL = 0.001  # seconds between looks for a quiet moment to close a UDP socket at shutdown
 PORT_ZERO_ATTEMPTS = 10  # tries to find a port free for both UDP and TCP when asked for port 0
 TICK_INTERVAL = 1.0  # seconds between query-rate samples (stats, sampling interval, hit durations)
 MAX_TOP = 1000  # largest --top a stats request may ask for
@@ -392,9 +396,8 @@ class Server:
         await self._enter_lameduck()
         # 2. Rules, then the interface: traffic to a kube-dns ClusterIP falls back to kube-proxy.
         await self._teardown_node()
-        # 3. No new queries: close the listening sockets.
-        for closer in self._closers:
-            closer.close()
+        # 3. No new queries: close the listening sockets (each UDP one at a quiet moment, see there).
+        await self._close_listeners()
         # 4. Misses already being resolved get a bounded time to answer.
         await self.tasks.drain(DRAIN_TIMEOUT)
         # 5. Operator endpoints, housekeeping and upstream connections go last.
@@ -405,12 +408,74 @@ class Server:
             task.cancel()
         self.resolver.close()
 
+    async def _close_listeners(self) -> None:
+        """Close the TCP listeners at once, and each UDP socket once it is quiet (bounded by DRAIN_TIMEOUT).
+
+        In a rollout another agent shares our ports (SO_REUSEPORT), but closing
+        a UDP socket drops the datagrams queued in it, and a miss still being
+        resolved can only be answered through it. So each UDP socket first
+        stops getting new datagrams (`_divert`) while it still reads what it
+        has, and is closed when no miss is in flight and its receive queue is
+        empty.
+        """
+        loop = asyncio.get_running_loop()
+        udp = {id(t): t for t, _ in self._listeners.values()}
+        for closer in self._closers:
+            if id(closer) not in udp:
+                closer.close()
+        for transport in udp.values():
+            _divert(transport)
+        deadline = loop.time() + DRAIN_TIMEOUT
+        while udp:
+            late = loop.time() >= deadline
+            for key, transport in list(udp.items()):
+                if late or (not self.tasks.running and not _queued(transport)):
+                    transport.close()
+                    del udp[key]
+            if udp:
+                await asyncio.sleep(UDP_CLOSE_POLL)
+        if late:
+            log.info("closed the UDP sockets after %gs without a quiet moment; queries still in them were dropped",
+                     DRAIN_TIMEOUT)  # fmt: skip
+
     async def _purge_forever(self) -> None:
         while True:
             await asyncio.sleep(PURGE_INTERVAL)
             dropped = self.resolver.purge()
             if dropped:
                 log.debug("purged %d expired entries", dropped)
+
+
+def _divert(transport: Any) -> None:
+    """Have the kernel send this UDP socket's clients to the other sockets on its port, if any.
+
+    Connecting the socket (to its own address, from which no query ever comes)
+    does it: a reuseport group hands new datagrams only to its unconnected
+    sockets (Linux 5.2 and later; older kernels keep delivering here, which is
+    no worse). Datagrams already queued stay readable, and replies still go
+    out with an explicit address. Without another socket, new queries to a
+    kube-dns ClusterIP find no socket, so the `-m socket` rule lets them fall
+    through to kube-proxy (fail open).
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        with socket.socket(fileno=os.dup(sock.fileno())) as same:  # the same socket; closing the copy keeps it
+            same.connect(same.getsockname())
+    except OSError as exc:
+        log.debug("cannot divert UDP socket %s: %s", sock.getsockname(), exc)
+
+
+def _queued(transport: Any) -> int:
+    """Bytes of the next datagram waiting in a UDP transport's socket (0: none, or unknown)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return 0
 
 
 def watch_signature(paths: Sequence[str]) -> tuple[Any, ...]:
