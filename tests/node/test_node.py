@@ -26,7 +26,6 @@ from tests.node.conftest import (
     LOCAL_IPS,
     RULES_PER_IP,
     Node,
-    wait_for_log,
 )
 from tests.support import netns as ns
 
