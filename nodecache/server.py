@@ -396,10 +396,12 @@ class Server:
         await self._enter_lameduck()
         # 2. Rules, then the interface: traffic to a kube-dns ClusterIP falls back to kube-proxy.
         await self._teardown_node()
-        # 3. No new queries: close the listening sockets (each UDP one at a quiet moment, see there).
-        await self._close_listeners()
-        # 4. Misses already being resolved get a bounded time to answer.
-        await self.tasks.drain(DRAIN_TIMEOUT)
+        # 3. No new queries: close the listening sockets (each UDP one once it is quiet, see there).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT
+        await self._close_listeners(deadline)
+        # 4. Misses already being resolved get the rest of DRAIN_TIMEOUT to answer.
+        await self.tasks.drain(max(0.0, deadline - loop.time()))
         # 5. Operator endpoints, housekeeping and upstream connections go last.
         await self._close_endpoints()
         if self._housekeeping is not None:
@@ -408,8 +410,8 @@ class Server:
             task.cancel()
         self.resolver.close()
 
-    async def _close_listeners(self) -> None:
-        """Close the TCP listeners at once, and each UDP socket once it is quiet (bounded by DRAIN_TIMEOUT).
+    async def _close_listeners(self, deadline: float) -> None:
+        """Close the TCP listeners at once, and each UDP socket once it is quiet (at the latest at `deadline`).
 
         In a rollout another agent shares our ports (SO_REUSEPORT), but closing
         a UDP socket drops the datagrams queued in it, and a miss still being
@@ -425,7 +427,7 @@ class Server:
                 closer.close()
         for transport in udp.values():
             _divert(transport)
-        deadline = loop.time() + DRAIN_TIMEOUT
+        late = False
         while udp:
             late = loop.time() >= deadline
             for key, transport in list(udp.items()):
@@ -435,7 +437,7 @@ class Server:
             if udp:
                 await asyncio.sleep(UDP_CLOSE_POLL)
         if late:
-            log.info("closed the UDP sockets after %gs without a quiet moment; queries still in them were dropped",
+            log.info("closed the UDP sockets at the %gs drain deadline with misses in flight; those get no answer",
                      DRAIN_TIMEOUT)  # fmt: skip
 
     async def _purge_forever(self) -> None:
