@@ -460,13 +460,13 @@ def _divert(transport: Any) -> None:
     through to kube-proxy (fail open).
     """
     sock = transport.get_extra_info("socket")
-    if sock is None:
+    if sock is None or transport.is_closing():
         return
     try:
         with socket.socket(fileno=os.dup(sock.fileno())) as same:  # the same socket; closing the copy keeps it
             same.connect(same.getsockname())
     except OSError as exc:
-        log.debug("cannot divert UDP socket %s: %s", sock.getsockname(), exc)
+        log.debug("cannot divert a UDP socket to the other agents on its port: %s", exc)
 
 
 def _queued(transport: Any) -> int:
