@@ -453,8 +453,9 @@ def _divert(transport: Any) -> None:
 
     Connecting the socket (to its own address, from which no query ever comes)
     does it: a reuseport group hands new datagrams only to its unconnected
-    sockets (Linux 5.2 and later; older kernels keep delivering here, which is
-    no worse). Datagrams already queued stay readable, and replies still go
+    sockets (kernels with 2019's "udp: correct reuseport selection with
+    connected sockets"; seen on 6.x; an older kernel that kept delivering here
+    would be no worse off). Datagrams already queued stay readable, and replies still go
     out with an explicit address. Without another socket, new queries to a
     kube-dns ClusterIP find no socket, so the `-m socket` rule lets them fall
     through to kube-proxy (fail open).
