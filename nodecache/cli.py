@@ -37,6 +37,7 @@ from nodecache.config import (
     DEFAULT_MAX_WAITING,
     DEFAULT_MAX_WAITING_PER_NAME,
     DEFAULT_METRICS_ADDRESS,
+    DEFAULT_NODE_LOCK_DIR,
     DEFAULT_OTHER_TTL,
     DEFAULT_QUERY_LOG_SAMPLE,
     DEFAULT_RESOLV_CONF,
@@ -59,6 +60,7 @@ from nodecache.config import (
     Zone,
     canonical_zone,
     check_interface_name,
+    default_node_lock,
     default_zones,
     parse_size,
     read_resolv_conf,
@@ -191,6 +193,10 @@ def main() -> None:
          help="Leave the interface and rules in place at exit (for upgrades: the next agent takes them over).")
 @_option("--iptables-backend", type=click.Choice(IPTABLES_BACKENDS), default="auto",
          help="iptables flavour for the rules; auto picks the one already holding the node's (kube-proxy's) rules.")
+@_option("--node-lock", default=None, metavar="PATH",
+         help="Lock file every agent of this node holds while it runs (on a directory all agent pods share): at exit "
+              "an agent leaves the interface and rules in place while another still holds it; 'off' uses none. "
+              f"[default: {DEFAULT_NODE_LOCK_DIR}/INTERFACE-NAME.lock]")
 @_option("--log-level", type=click.Choice(LOG_LEVELS), default="info", help="Least severe log level shown.")
 @_option("--log-format", type=click.Choice(LOG_FORMATS), default="text",
          help="Log lines as text (time level logger: message key=value) or as one JSON object per line.")
@@ -302,6 +308,7 @@ def build_config(opts: dict[str, Any], explicit: frozenset[str] = frozenset()) -
         skip_teardown=opts["skip_teardown"],
         iptables_backend=opts["iptables_backend"],
         cache_memory=_cache_memory(opts),
+        node_lock=_node_lock(opts),
     )
 
 
@@ -411,6 +418,7 @@ def corefile_config(opts: dict[str, Any], explicit: frozenset[str] = frozenset()
         skip_teardown=opts["skip_teardown"],
         iptables_backend=opts["iptables_backend"],
         cache_memory=_cache_memory(opts),
+        node_lock=_node_lock(opts),
         max_tcp_connections=opts["max_tcp_connections"],  # the Corefile has no word for these
         max_tcp_per_client=opts["max_tcp_per_client"],
     )
@@ -485,6 +493,14 @@ OFF = ("off", "none", "")
 def _unless_off(value: str) -> str | None:
     """None for 'off' (an endpoint not served), else the value."""
     return None if value.strip().lower() in OFF else value
+
+
+def _node_lock(opts: dict[str, Any]) -> str | None:
+    """--node-lock: the path given, none for 'off', else the interface's lock in the node's lock directory."""
+    given = opts.get("node_lock")
+    if given is None:
+        return default_node_lock(opts["interface_name"])
+    return _unless_off(given) or None
 
 
 def _http_address(flag: str, value: str) -> str | None:

@@ -70,6 +70,10 @@ DEFAULT_SYNC_INTERVAL = 60.0  # seconds between full interface/rule checks, as t
 IPTABLES_BACKENDS = ("auto", "nft", "legacy")  # auto: the backend that already holds the node's rules
 MAX_INTERFACE_NAME = 15  # the kernel's IFNAMSIZ, less the terminating NUL
 DEFAULT_CONTROL_SOCKET = "/run/nodecache/control.sock"
+# The node lock (node.NodeLock): every agent that manages the interface and rules holds it shared, so the
+# one leaving a rollout knows whether another still serves. Its directory must be the node's, shared by
+# the old and new pod (daemonset.yaml mounts it as a hostPath); one lock per interface name.
+DEFAULT_NODE_LOCK_DIR = "/run/nodecache-node"
 DEFAULT_METRICS_ADDRESS = "0.0.0.0:9253"
 DEFAULT_HEALTH_PORT = 8080
 DEFAULT_LAMEDUCK = 5.0
@@ -221,6 +225,7 @@ class Config:
     sync_interval: float = DEFAULT_SYNC_INTERVAL
     skip_teardown: bool = False
     iptables_backend: str = "auto"
+    node_lock: str | None = None  # lock file shared by the agents of a node; None: none (each tears down alone)
     # Operator endpoints (control.py, metrics.py). None: not served.
     control_socket: str | None = None
     metrics_address: str | None = None
@@ -289,6 +294,11 @@ def parse_size(text: str) -> int:
     if unit is None or not 0 <= value < 2**53 or not number[:1].isdigit():
         raise ConfigError(f"{text!r} is not a size; write bytes or a number with Ki, Mi, Gi, k, M or G, e.g. 24Mi")
     return int(value * unit)
+
+
+def default_node_lock(interface_name: str) -> str:
+    """The node lock's path for agents managing `interface_name`: only they must see each other."""
+    return f"{DEFAULT_NODE_LOCK_DIR}/{interface_name}.lock"
 
 
 def check_interface_name(name: str) -> str:

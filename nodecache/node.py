@@ -5,15 +5,20 @@ the rules that steer traffic to them; then the work that keeps both: netlink
 events for the interface (netif.InterfaceKeeper), a full rule check every
 sync interval, and the heartbeat behind the host-network clients' rule.
 Stop: rules first, then the interface, so traffic is never steered to an
-address that is gone. `teardown_leftovers` cleans up after an agent that
-could not stop that way (SIGKILL, OOM).
+address that is gone; but only by the last agent of the node (NodeLock): in a
+surge rollout the old agent leaves both to the new one that serves with them.
+`teardown_leftovers` cleans up after an agent that could not stop that way
+(SIGKILL, OOM).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import ipaddress
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -29,9 +34,12 @@ if TYPE_CHECKING:  # pyroute2 takes ~0.1 s to import: only agents with an interf
 log = logging.getLogger(__name__)
 
 # Labels of coredns_nodecache_setup_errors_total, as node-local-dns has them; all start at 0.
-SETUP_ERROR_TYPES = ("interface_add", "interface_check", "iptables", "iptables_lock", "configmap")
+# "node_lock" (ours): the node lock could not be opened or taken, so rollouts may lose queries (the log says why).
+SETUP_ERROR_TYPES = ("interface_add", "interface_check", "iptables", "iptables_lock", "configmap", "node_lock")
 RULES_RECHECK_GAP = 2.0  # seconds: a failing heartbeat triggers a rule check at most this often
 MAX_LOGGED_CHANGES = 8  # rule changes logged one by one; the rest are summed up (all at debug)
+NODE_LOCK_WAIT = 60.0  # seconds a starting agent waits for another agent's teardown (two iptables timeouts)
+NODE_LOCK_POLL = 0.02  # seconds between tries meanwhile
 
 
 def health_port(config: Config) -> int:
@@ -52,6 +60,76 @@ def address_is_local(ip: str) -> bool:
         except OSError:
             return False
     return True
+
+
+class NodeLock:
+    """A lock file every agent managing the node's interface and rules holds, shared, while it runs.
+
+    At exit an agent drops its share and asks for the lock exclusively without
+    waiting: refused means another agent still holds its share, so it still
+    serves with the interface and rules and they must stay; granted means this
+    is the last agent, and it tears down holding the lock, so a starting agent
+    (which waits for its share) never sets up while a teardown runs.
+
+    Why flock: the kernel drops the lock with the last descriptor, so an agent
+    that is SIGKILLed or OOM-killed stops counting as alive at once, with no
+    stale mark to clean up, and the file itself never needs removing. Other
+    ways were weighed: looking for another process's listening sockets on the
+    local IPs (a socket also lingers in a process that is only shutting down,
+    and one in a stopped process still looks alive), and an ownership mark on
+    the rules or interface (it outlives a killed owner). The lock is only as
+    good as its path: every agent of a node must see the same file.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire_shared(self, wait: float = NODE_LOCK_WAIT) -> bool:
+        """Open the file and take a share, waiting (bounded) while a teardown holds it; blocking.
+
+        Raises NetworkSetupError when the file cannot be opened; False when the wait ran out.
+        """
+        directory = os.path.dirname(self.path)
+        try:
+            if directory:
+                os.makedirs(directory, mode=0o755, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise NetworkSetupError(
+                f"cannot open the node lock {self.path}: {exc.strerror}; mount a directory of the node there "
+                "(daemonset.yaml's node-lock hostPath) or pick another --node-lock"
+            ) from None
+        deadline = time.monotonic() + wait
+        while True:
+            if self._try(fcntl.LOCK_SH):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(NODE_LOCK_POLL)
+
+    def last_one(self) -> bool:
+        """Drop our share; True (holding the lock exclusively) when no other agent holds one; never blocks."""
+        if self._fd is None:
+            return True
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return self._try(fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        """Close the file, which drops whatever we hold; the file stays for the next agent."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _try(self, operation: int) -> bool:
+        assert self._fd is not None
+        try:
+            fcntl.flock(self._fd, operation | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR):
+                return False
+            raise
+        return True
 
 
 class NodeSetup:
@@ -90,10 +168,14 @@ class NodeSetup:
         self._last_recheck = 0.0
         self._heartbeat_ok = True
         self._rules_ok = False  # the last rule check succeeded: only then may the heartbeat ask for another
+        manages = bool(self.local_ips) and (config.setup_interface or config.setup_iptables)
+        self.lock = NodeLock(config.node_lock) if manages and config.node_lock else None
 
     async def start(self) -> None:
-        """Interface, then rules; then keep both. Failures are logged and counted, never fatal:
+        """Node lock, interface, then rules; then keep both. Failures are logged and counted, never fatal:
         the agent keeps answering wherever traffic does reach it, and retries at each sync."""
+        if self.lock is not None:
+            await self._take_lock(self.lock)
         if self.keeper is not None:
             await asyncio.to_thread(self.keeper.start)
         if self.config.setup_iptables and self.local_ips:
@@ -118,13 +200,39 @@ class NodeSetup:
             "managed" if self.firewall is not None else "not installed",
         )
 
+    async def _take_lock(self, lock: NodeLock) -> None:
+        """Our share of the node lock (waiting out another agent's teardown); without it, go on and say so."""
+        try:
+            if await asyncio.to_thread(lock.acquire_shared):
+                return
+            problem = f"another agent held the node lock {lock.path} for over {NODE_LOCK_WAIT:g} s (a teardown stuck?)"
+        except (NetworkSetupError, OSError) as exc:
+            problem = str(exc)
+        self.setup_errors["node_lock"] += 1
+        log.error("%s; going on without it: at exit this agent may remove what a newer agent still serves with",
+                  problem)  # fmt: skip
+
     async def stop(self, teardown: bool) -> None:
-        """Stop keeping things in place; with `teardown`, remove the rules, then the interface."""
+        """Stop keeping things in place; with `teardown`, and if no other agent holds the node lock,
+        remove the rules, then the interface."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self._stop(teardown)
+        finally:
+            if self.lock is not None:
+                self.lock.release()  # only now: a starting agent waits until the teardown is done
+
+    async def _stop(self, teardown: bool) -> None:
         if not teardown:
             log.info("leaving interface %s and iptables rules in place (--skip-teardown)", self.config.interface_name)
+        elif self.lock is not None and not self.lock.last_one():
+            teardown = False
+            log.info(
+                "another agent on this node still serves %s; leaving the interface %s and the iptables rules to it",
+                ", ".join(self.local_ips), self.config.interface_name,
+            )  # fmt: skip
         if teardown and self.firewall is not None:
             try:
                 removed = await asyncio.to_thread(self.firewall.remove)

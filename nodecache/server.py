@@ -7,10 +7,13 @@ methods so the order is visible in one place (`serve`).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
 import socket
+import struct
+import termios
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 
 PURGE_INTERVAL = 10.0  # seconds between sweeps of entries past their stale window
 DRAIN_TIMEOUT = 3.0  # seconds in-flight misses get to finish at shutdown
+UDP_CLOSE_POLL = 0.001  # seconds between looks for a quiet moment to close a UDP socket at shutdown
 PORT_ZERO_ATTEMPTS = 10  # tries to find a port free for both UDP and TCP when asked for port 0
 TICK_INTERVAL = 1.0  # seconds between query-rate samples (stats, sampling interval, hit durations)
 MAX_TOP = 1000  # largest --top a stats request may ask for
@@ -397,11 +401,12 @@ class Server:
         await self._enter_lameduck()
         # 2. Rules, then the interface: traffic to a kube-dns ClusterIP falls back to kube-proxy.
         await self._teardown_node()
-        # 3. No new queries: close the listening sockets.
-        for closer in self._closers:
-            closer.close()
-        # 4. Clients still waiting on misses get their answers (the answer deadline bounds the wait).
-        await self.resolver.drain(DRAIN_TIMEOUT)
+        # 3. No new queries: close the listening sockets (each UDP one once it is quiet, see there).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT
+        await self._close_listeners(deadline)
+        # 4. Clients still waiting on misses get the rest of DRAIN_TIMEOUT (the answer deadline bounds it).
+        await self.resolver.drain(max(0.0, deadline - loop.time()))
         # 5. Operator endpoints, housekeeping and upstream connections go last.
         await self._close_endpoints()
         if self._housekeeping is not None:
@@ -410,12 +415,75 @@ class Server:
             task.cancel()
         self.resolver.close()
 
+    async def _close_listeners(self, deadline: float) -> None:
+        """Close the TCP listeners at once, and each UDP socket once it is quiet (at the latest at `deadline`).
+
+        In a rollout another agent shares our ports (SO_REUSEPORT), but closing
+        a UDP socket drops the datagrams queued in it, and a miss still being
+        resolved can only be answered through it. So each UDP socket first
+        stops getting new datagrams (`_divert`) while it still reads what it
+        has, and is closed when no miss is in flight and its receive queue is
+        empty.
+        """
+        loop = asyncio.get_running_loop()
+        udp = {id(t): t for t, _ in self._listeners.values()}
+        for closer in self._closers:
+            if id(closer) not in udp:
+                closer.close()
+        for transport in udp.values():
+            _divert(transport)
+        late = False
+        while udp:
+            late = loop.time() >= deadline
+            for key, transport in list(udp.items()):
+                if late or (not self.resolver.waiting and not _queued(transport)):
+                    transport.close()
+                    del udp[key]
+            if udp:
+                await asyncio.sleep(UDP_CLOSE_POLL)
+        if late:
+            log.info("closed the UDP sockets at the %gs drain deadline with misses in flight; those get no answer",
+                     DRAIN_TIMEOUT)  # fmt: skip
+
     async def _purge_forever(self) -> None:
         while True:
             await asyncio.sleep(PURGE_INTERVAL)
             dropped = self.resolver.purge()
             if dropped:
                 log.debug("purged %d expired entries", dropped)
+
+
+def _divert(transport: Any) -> None:
+    """Have the kernel send this UDP socket's clients to the other sockets on its port, if any.
+
+    Connecting the socket (to its own address, from which no query ever comes)
+    does it: a reuseport group hands new datagrams only to its unconnected
+    sockets (kernels with 2019's "udp: correct reuseport selection with
+    connected sockets"; seen on 6.x; an older kernel that kept delivering here
+    would be no worse off). Datagrams already queued stay readable, and replies still go
+    out with an explicit address. Without another socket, new queries to a
+    kube-dns ClusterIP find no socket, so the `-m socket` rule lets them fall
+    through to kube-proxy (fail open).
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None or transport.is_closing():
+        return
+    try:
+        with socket.socket(fileno=os.dup(sock.fileno())) as same:  # the same socket; closing the copy keeps it
+            same.connect(same.getsockname())
+    except OSError as exc:
+        log.debug("cannot divert a UDP socket to the other agents on its port: %s", exc)
+
+
+def _queued(transport: Any) -> int:
+    """Bytes of the next datagram waiting in a UDP transport's socket (0: none, or unknown)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return 0
 
 
 def watch_signature(paths: Sequence[str]) -> tuple[Any, ...]:

@@ -26,6 +26,7 @@ RUN_FLAGS = [
     "--policy", "--try-timeout", "--timeout", "--tcp-idle-timeout", "--max-udp-payload", "--loop", "--log-level",
     "--setup-interface", "--setup-iptables", "--interface-name", "--sync-interval", "--skip-teardown",
     "--iptables-backend",
+    "--node-lock",
     "--log-format", "--control-socket", "--metrics-address", "--health-address", "--lameduck", "--query-log",
     "--query-log-sample", "--query-log-errors-only",
     "--config", "--corefile", "--upstream-svc", "--kube-dns-config-dir",
@@ -50,6 +51,24 @@ def test_every_run_flag_has_help_and_an_env_var() -> None:
     shown = CliRunner().invoke(main, ["run", "--help"], terminal_width=200).output
     assert all(flag in shown for flag in RUN_FLAGS)
     assert "NODECACHE_UPSTREAM" in shown
+
+
+@pytest.mark.parametrize(
+    "given, interface, lock",
+    [(None, "nodelocaldns", "/run/nodecache-node/nodelocaldns.lock"), (None, "nodecache2", "/run/nodecache-node/nodecache2.lock"),
+     ("/var/lock/nc.lock", "nodelocaldns", "/var/lock/nc.lock"), ("off", "nodelocaldns", None)],
+    ids=["default", "per-interface", "given", "off"],
+)  # fmt: skip
+def test_the_node_lock_defaults_to_one_per_interface_name(tmp_path: Path, given: str | None, interface: str,
+                                                          lock: str | None) -> None:  # fmt: skip
+    """Agents that manage the same interface share a lock; another interface name, another lock."""
+    from nodecache.cli import build_config
+
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 127.0.0.254\n")
+    opts = {o.name: o.default for o in run.params if isinstance(o, click.Option)}
+    opts.update(upstream=("192.0.2.10",), node_resolv_conf=str(conf), node_lock=given, interface_name=interface)
+    assert build_config(opts).node_lock == lock
 
 
 @pytest.mark.parametrize(

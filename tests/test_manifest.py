@@ -20,6 +20,7 @@ import pytest
 
 from nodecache import cli
 from nodecache import manifest as rendering
+from nodecache.config import DEFAULT_NODE_LOCK_DIR
 from nodecache.errors import ConfigError
 from nodecache.server import DRAIN_TIMEOUT
 
@@ -123,6 +124,8 @@ def test_the_daemonset_fields_that_matter(variant: str) -> None:
     assert volumes[mounts["/etc/coredns"]]["configMap"]["name"] == "node-local-dns"
     assert volumes[mounts["/etc/kube-dns"]]["configMap"] == {"name": "kube-dns", "optional": True}
     assert "emptyDir" in volumes[mounts["/run/nodecache"]]  # entry point's symlinks and the control socket
+    # The node lock's directory is the node's, so a rollout's old and new agent see each other.
+    assert volumes[mounts[DEFAULT_NODE_LOCK_DIR]]["hostPath"] == {"path": DEFAULT_NODE_LOCK_DIR, "type": "DirectoryOrCreate"}
     assert c["image"] == IMAGE
     # Surge needs no declared ports: on a hostNetwork pod they become hostPorts and block the surge pod.
     assert ds["spec"]["updateStrategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}

@@ -81,6 +81,7 @@ class Node:
     cluster_dns: NSD
     node_resolver: NSD
     resolv_conf: Path
+    node_lock: Path  # this node's own lock file (a real node's is in /run/nodecache-node, shared by its agents)
     agents: list[AgentProcess] = field(default_factory=list)
 
     # -- the agent
@@ -88,7 +89,7 @@ class Node:
     def agent(self, *extra: str) -> AgentProcess:
         """`nodecache run` as root inside the node namespace, started and set up."""
         args = ["--local-ip", ",".join(LOCAL_IPS), "--upstream", UPSTREAM_SVC_IP,
-                "--node-resolv-conf", str(self.resolv_conf), *extra]  # fmt: skip
+                "--node-resolv-conf", str(self.resolv_conf), "--node-lock", str(self.node_lock), *extra]  # fmt: skip
         agent = AgentProcess(args, node_setup=True, command_prefix=["ip", "netns", "exec", self.node])
         self.agents.append(agent)
         agent.start()
@@ -180,7 +181,7 @@ def _build(stack: ExitStack, workdir: Path) -> Node:
     cluster_dns = stack.enter_context(NSD(zone_texts("cluster.local"), workdir / "coredns", COREDNS_IP, netns=coredns))
     node_resolver = stack.enter_context(NSD({"example.org.": EXAMPLE_ORG_ZONE}, workdir / "resolver", NODE_RESOLVER_IP,
                                             netns=coredns))  # fmt: skip
-    return Node(coredns, node, pod, cluster_dns, node_resolver, resolv_conf)
+    return Node(coredns, node, pod, cluster_dns, node_resolver, resolv_conf, workdir / "node.lock")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from tests.support import netns as ns
 def test_setup_errors_start_at_zero_for_every_type() -> None:
     setup = NodeSetup(make_config(["127.0.0.1:53"]))
     assert setup.setup_errors == dict.fromkeys(
-        ("interface_add", "interface_check", "iptables", "iptables_lock", "configmap"), 0
+        ("interface_add", "interface_check", "iptables", "iptables_lock", "configmap", "node_lock"), 0
     )
     assert tuple(setup.setup_errors) == SETUP_ERROR_TYPES
 
