@@ -41,7 +41,7 @@ from nodecache.listeners import (
 from nodecache.stats import render
 from tests.conftest import AgentProcess, make_config, running
 from tests.dnsmsg import query
-from tests.support.clients import raw_tcp
+from tests.support.clients import raw_tcp, read_framed
 from tests.support.fakeupstream import FakeUpstream
 from tests.support.http import scrape, value
 from tests.support.net import free_port
@@ -138,23 +138,7 @@ def client(port: int, rcvbuf: int | None = SMALL_RCVBUF) -> socket.socket:
 
 def read_replies(sock: socket.socket, n: int, timeout: float = WAIT) -> list[bytes]:
     """Up to `n` framed replies, read until they are all in, EOF, or `timeout` (blocking; run it in a thread)."""
-    out: list[bytes] = []
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while len(out) < n and time.monotonic() < deadline:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            chunk = sock.recv(1 << 16)
-        except (TimeoutError, ConnectionResetError):
-            break
-        if not chunk:
-            break
-        buf += chunk
-        while len(buf) >= 2 and len(buf) >= 2 + int.from_bytes(buf[:2], "big"):
-            size = int.from_bytes(buf[:2], "big")
-            out.append(buf[2 : 2 + size])
-            buf = buf[2 + size :]
-    return out
+    return read_framed(sock, n, time.monotonic() + timeout)
 
 
 async def until(predicate: object, timeout: float = WAIT) -> bool:

@@ -251,6 +251,29 @@ def raw_udp(host: str, port: int, wire: bytes, timeout: float = 2.0) -> bytes | 
             return None
 
 
+def read_framed(sock: socket.socket, n: int, deadline: float) -> list[bytes]:
+    """Up to `n` length-prefixed messages from a blocking socket, until EOF, a reset or time.monotonic() `deadline`."""
+    out: list[bytes] = []
+    buf = b""
+    while len(out) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65535)
+        except (TimeoutError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        buf += chunk
+        while len(buf) >= 2 and len(buf) >= 2 + int.from_bytes(buf[:2], "big"):
+            size = int.from_bytes(buf[:2], "big")
+            out.append(buf[2 : 2 + size])
+            buf = buf[2 + size :]
+    return out
+
+
 def raw_tcp(host: str, port: int, wires: list[bytes], timeout: float = 2.0, framed: bool = False) -> list[bytes]:
     """Pipeline `wires` on one TCP connection (all sent before reading), then read replies.
 
@@ -258,27 +281,9 @@ def raw_tcp(host: str, port: int, wires: list[bytes], timeout: float = 2.0, fram
     e.g. to send a bad length). Returns the replies that arrived, in arrival order, until
     as many as were sent, EOF, or `timeout` seconds in all.
     """
-    replies: list[bytes] = []
     deadline = time.monotonic() + timeout
     with socket.create_connection((host, port), timeout=timeout) as sock:
         if sock.getsockname() == sock.getpeername():  # TCP self-connect: nobody listens there
             raise ConnectionRefusedError(f"nothing listens on {host} port {port} (self-connect)")
         sock.sendall(b"".join(w if framed else len(w).to_bytes(2, "big") + w for w in wires))
-        buf = b""
-        while len(replies) < len(wires):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            sock.settimeout(left)
-            try:
-                chunk = sock.recv(65535)
-            except (TimeoutError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            buf += chunk
-            while len(buf) >= 2 and len(buf) >= 2 + int.from_bytes(buf[:2], "big"):
-                size = int.from_bytes(buf[:2], "big")
-                replies.append(buf[2 : 2 + size])
-                buf = buf[2 + size :]
-    return replies
+        return read_framed(sock, len(wires), deadline)
