@@ -465,14 +465,18 @@ class Resolver:
             return
         if exc is not None and not isinstance(exc, UpstreamError):
             log.error("zone %s: resolving failed unexpectedly", zone.name, exc_info=exc)
-        if exc is not None or task.result().kind is Kind.SERVFAIL:
-            # No answer, or the upstream's SERVFAIL: a stale answer is better than either (RFC 8767).
-            for w in waiters:
+        if exc is not None:
+            for w in waiters:  # no answer: stale or SERVFAIL
                 self._fall_back(zone, w)
             return
         entry = task.result()
+        # The upstream's own SERVFAIL goes out only when no stale answer can (RFC 8767).
+        stale = self._stale(zone, flight.key) if entry.kind is Kind.SERVFAIL else None
         now = self.clock()
         for w in waiters:
+            if stale is not None:
+                self._fall_back(zone, w)
+                continue
             data, q, via = w[0], w[1], w[2]
             limit = TCP_LIMIT if via & 1 else (q.payload if q.payload < self._udp_cap else self._udp_cap)
             self._finish(zone, w, entry.reply(data, q.qend, q.edns, limit, now), "miss", "forward")

@@ -49,7 +49,7 @@ MAX_MESSAGE = 65535
 HEALTH_QUERY = b"\x00" + b"\x00\x02\x00\x01"  # ". IN NS", as CoreDNS probes
 
 # Retransmission timer (RFC 6298 2.1-2.3): before the first answer a try is
-# retried after INITIAL_RTO; after it, after SRTT + 4 RTTVAR, never sooner
+# retried after INITIAL_RTO; after it, after SRTT + 4 RTTVAR (at least 2 SRTT), never sooner
 # than MIN_RTO (a cluster DNS answers in well under a millisecond, but a node
 # resolver that recurses needs tens) and never later than the zone's try timeout.
 INITIAL_RTO = 1.0
@@ -80,7 +80,9 @@ class RttEstimator:
         """How long to wait for a try before sending another."""
         if self.srtt is None:
             return min(INITIAL_RTO, cap)
-        return min(max(self.srtt + 4 * self.rttvar, MIN_RTO), cap)
+        # At least twice the smoothed RTT: a server with a steady round trip has a tiny RTTVAR, and
+        # SRTT + 4 RTTVAR alone would retry its ordinary answers a hair before they arrive.
+        return min(max(self.srtt + 4 * self.rttvar, 2 * self.srtt, MIN_RTO), cap)
 
 
 class _TcpConnection(FramedConnection):
