@@ -11,6 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodecache.errors import ConfigError, ResolvConfError
+from nodecache.names import canonical_name, name_to_wire
+
+# The name helpers live in nodecache.names. These re-exports keep `from nodecache.config
+# import canonical_zone, name_to_wire` working for code written before the move (the
+# Corefile parser, cli, server, pillars, tests); new code imports from nodecache.names.
+canonical_zone = canonical_name
 
 DNS_PORT = 53
 DEFAULT_LOCAL_IP = "169.254.20.10"
@@ -311,28 +317,6 @@ def check_interface_name(name: str) -> str:
     return name
 
 
-def canonical_zone(name: str) -> str:
-    """Lowercase with a trailing dot; rejects what cannot be a domain name."""
-    name = name.strip().lower()
-    if name in ("", "."):
-        return "."
-    if not name.isascii():
-        raise ConfigError(f"{name!r} is not ASCII; write internationalised names in their xn-- (IDNA) form")
-    if not name.endswith("."):
-        name += "."
-    labels = name[:-1].split(".")
-    if any(not label or len(label) > 63 for label in labels) or len(name) > 254:
-        raise ConfigError(f"{name!r} is not a valid domain name")
-    return name
-
-
-def name_to_wire(name: str) -> bytes:
-    """A canonical name in DNS wire format (labels with length bytes)."""
-    if name == ".":
-        return b"\x00"
-    return b"".join(bytes((len(p),)) + p.encode("ascii") for p in name[:-1].split(".")) + b"\x00"
-
-
 def read_resolv_conf(path: str | Path) -> tuple[Address, ...]:
     """The `nameserver` entries of a resolv.conf, in order, port 53."""
     try:
@@ -370,7 +354,7 @@ def default_zones(
     when truncated.
     """
     cluster = ForwardPolicy(upstreams=cluster_upstreams, force_tcp=True)
-    zones = [Zone(canonical_zone(cluster_domain), cluster, cluster_cache)]
+    zones = [Zone(canonical_name(cluster_domain), cluster, cluster_cache)]
     zones += [Zone(z, cluster, other_cache) for z in REVERSE_ZONES]
     zones.append(Zone(".", ForwardPolicy(upstreams=node_upstreams), other_cache))
     return tuple(zones)

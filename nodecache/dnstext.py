@@ -1,4 +1,4 @@
-"""Text forms of wire values for people: names, types, rcodes.
+"""Text forms of wire values for people: types and rcodes (names: see nodecache.names).
 
 Used by logs, metrics labels, the stats report and the CLI; never on the hit
 path. Type and rcode mnemonics come from dnslib's tables (RFC 3597's TYPEnnn
@@ -10,18 +10,13 @@ from __future__ import annotations
 from dnslib import QTYPE, RCODE
 
 from nodecache.errors import ConfigError
+from nodecache.names import name_text
+
+# name_text moved to nodecache.names with the other name helpers; re-exported here for
+# logs.py and stats.py, which import it from this module.
+__all__ = ["MAX_TYPE", "name_text", "rcode_name", "type_name", "type_number"]
 
 MAX_TYPE = 65535
-
-
-def name_text(lname: bytes) -> str:
-    """A wire-format name as text with a trailing dot; odd bytes escaped as \\DDD."""
-    labels, i = [], 0
-    while i < len(lname) and lname[i]:
-        raw = lname[i + 1 : i + 1 + lname[i]]
-        labels.append("".join(chr(b) if 0x21 <= b <= 0x7E and b not in b".\\" else f"\\{b:03d}" for b in raw))
-        i += lname[i] + 1
-    return ".".join(labels) + "." if labels else "."
 
 
 def type_name(qtype: int) -> str:

@@ -31,11 +31,12 @@ from typing import Any
 
 from nodecache import wire
 from nodecache.cache import Entry, Kind, MemoryBudget, ZoneCache
-from nodecache.config import STALE_REPLY_TTL, UPSTREAM_UDP_PAYLOAD, CachePolicy, Config, Zone, name_to_wire
+from nodecache.config import STALE_REPLY_TTL, UPSTREAM_UDP_PAYLOAD, CachePolicy, Config, Zone
 from nodecache.counters import Activity, Histogram, counted_rcode, counted_type
 from nodecache.errors import UpstreamError
 from nodecache.forwarder import Forwarder, Overloaded
 from nodecache.logs import QueryLog, Throttle
+from nodecache.names import at_or_below, name_to_wire
 from nodecache.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -287,7 +288,7 @@ class Resolver:
         # Sub-zones split off the same server block (a `cache ... ZONE` or `disable` below it)
         # have the same upstreams in a Forwarder of their own: they loop too.
         for z in self.zones:
-            if z is zone or (z.zone.forward == zone.zone.forward and _at_or_below(z.zone.wire, zone.zone.wire)):
+            if z is zone or (z.zone.forward == zone.zone.forward and at_or_below(z.zone.wire, zone.zone.wire)):
                 for other in z.forwarder.upstreams:
                     if other.address == up.address:
                         z.forwarder.exclude(other)
@@ -560,18 +561,6 @@ def flush_match(name: str | None, suffix: str | None, qtype: int | None) -> Call
             return False
         if exact is not None and lname != exact:
             return False
-        return below is None or _at_or_below(lname, below)
+        return below is None or at_or_below(lname, below)
 
     return match
-
-
-def _at_or_below(lname: bytes, suffix: bytes) -> bool:
-    """Whether wire name `lname` is `suffix` or under it (label boundaries respected)."""
-    i = 0
-    while i < len(lname):
-        if lname[i:] == suffix:
-            return True
-        if lname[i] == 0:
-            return False
-        i += lname[i] + 1
-    return False
