@@ -44,7 +44,7 @@ debs:
 	fi
 
 run: $(STAMP)
-	$(VPY) -m nodecache.samplezone --run-agent --port $(RUN_PORT) --zone-port $(ZONE_PORT) --node-resolv-conf $(NODE_RESOLV_CONF)
+	$(VPY) -m tests.support.samplezone --run-agent --port $(RUN_PORT) --zone-port $(ZONE_PORT) --node-resolv-conf $(NODE_RESOLV_CONF)
 
 test: debs $(STAMP)
 	$(VPY) -m pytest -q -ra

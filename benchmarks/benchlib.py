@@ -261,7 +261,7 @@ def warm(address: str, port: int, queries: Iterable[tuple[str, str]]) -> dict[st
 
 def sample_zones() -> dict[str, str]:
     """The sample cluster zone(s), from the product so tests and bench agree."""
-    from nodecache.samplezone import zone_texts
+    from tests.support.samplezone import zone_texts
 
     return zone_texts(domain=CLUSTER_DOMAIN)
 

@@ -18,6 +18,7 @@ from nodecache.cli import main, run
 from tests.conftest import NO_NODE_SETUP
 from tests.support.clients import dig
 from tests.support.net import free_port
+from tests.support.samplezone import CHECKOUT, RUN_MODULE
 
 RUN_FLAGS = [
     "--local-ip", "--port", "--upstream", "--cluster-domain", "--node-resolv-conf", "--success-capacity",
@@ -172,9 +173,9 @@ def test_make_run_serves_the_sample_zone_through_the_agent(tmp_path: Path) -> No
     conf.write_text("nameserver 127.0.0.254\n")
     port, zone_port = free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nodecache.samplezone", "--run-agent", "--port", str(port),
+        [sys.executable, "-m", RUN_MODULE, "--run-agent", "--port", str(port),
          "--zone-port", str(zone_port), "--node-resolv-conf", str(conf)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=CHECKOUT,
     )  # fmt: skip
     seen: list[str] = []
     try:

@@ -16,8 +16,12 @@ from pathlib import Path
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
-from nodecache.samplezone import (
+from tests.support.clients import dig, raw_tcp, raw_udp
+from tests.support.net import free_port
+from tests.support.samplezone import (
+    CHECKOUT,
     EDNS_UDP_SIZE,
+    RUN_MODULE,
     SOA_MINIMUM,
     Authority,
     SampleResponder,
@@ -27,8 +31,6 @@ from nodecache.samplezone import (
     reverse_records,
     zone_texts,
 )
-from tests.support.clients import dig, raw_tcp, raw_udp
-from tests.support.net import free_port
 
 needs_dig = pytest.mark.skipif(shutil.which("dig") is None, reason="dig not installed (Debian bind9-dnsutils)")
 needs_checkzone = pytest.mark.skipif(
@@ -261,15 +263,16 @@ class TestWithDig:
         assert r.rcode == "REFUSED" and not r.aa
 
 
-# --------------------------------------------------------------------------- python -m nodecache.samplezone
+# --------------------------------------------------------------------------- python -m tests.support.samplezone
 
 
 def test_main_serves_until_sigterm() -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nodecache.samplezone", "--zone-port", str(port)],
+        [sys.executable, "-m", RUN_MODULE, "--zone-port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        cwd=CHECKOUT,
     )
     try:
         query = DNSRecord.question(f"web.{SVC}").pack()

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
-from nodecache.samplezone import zone_texts
 from tests.support.clients import dig, kdig, kdig_many, parse_output, raw_tcp, raw_udp
 from tests.support.fakeupstream import Behaviour, FakeUpstream
 from tests.support.net import free_port
 from tests.support.nsd import NSD, NSDError
+from tests.support.samplezone import zone_texts
 
 needs_dig = pytest.mark.skipif(shutil.which("dig") is None, reason="dig not installed (Debian bind9-dnsutils)")
 needs_kdig = pytest.mark.skipif(shutil.which("kdig") is None, reason="kdig not installed (Debian knot-dnsutils)")

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from dnslib import DNSRecord
 
-from nodecache.samplezone import zone_texts
 from tests.conftest import AgentProcess
 from tests.support.clients import dig, kdig_many, raw_tcp, raw_udp
 from tests.support.fakeupstream import FakeUpstream
 from tests.support.net import free_port
 from tests.support.nsd import NSD
+from tests.support.samplezone import zone_texts
 
 pytestmark = [
     pytest.mark.integration,

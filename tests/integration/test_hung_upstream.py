@@ -14,11 +14,11 @@ from collections.abc import Iterator
 import pytest
 
 from nodecache.config import DEFAULT_ANSWER_DEADLINE, STALE_REPLY_TTL
-from nodecache.samplezone import zone_texts
 from tests.conftest import AgentProcess
 from tests.support.clients import DigResult, dig
 from tests.support.net import free_port
 from tests.support.nsd import NSD
+from tests.support.samplezone import zone_texts
 
 pytestmark = [
     pytest.mark.integration,

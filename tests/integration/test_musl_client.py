@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from nodecache.samplezone import zone_texts
 from tests.conftest import AgentProcess
 from tests.support import netns as ns
 from tests.support.nsd import NSD, with_records
+from tests.support.samplezone import zone_texts
 
 pytestmark = [pytest.mark.root, pytest.mark.integration, pytest.mark.slow]
 

@@ -29,11 +29,11 @@ from typing import Any
 import pytest
 
 from nodecache.firewall import COMMENT_PREFIX
-from nodecache.samplezone import zone_texts
 from tests.conftest import AgentProcess
 from tests.support import netns as ns
 from tests.support.clients import DigResult, parse_output
 from tests.support.nsd import NSD
+from tests.support.samplezone import zone_texts
 
 LINK_LOCAL_IP = "169.254.20.10"
 KUBE_DNS_IP = "192.0.2.53"  # the kube-dns Service's ClusterIP: pods' nameserver in iptables mode

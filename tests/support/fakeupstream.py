@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from dnslib import CLASS, QTYPE, RCODE, RR, A, DNSQuestion, DNSRecord
 
-from nodecache.samplezone import CLOSE_CONNECTION, SampleResponder, encode, formerr_for, reply_header
+from tests.support.samplezone import CLOSE_CONNECTION, SampleResponder, encode, formerr_for, reply_header
 
 CustomFn = Callable[[DNSRecord], bytes | None]
 

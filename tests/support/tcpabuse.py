@@ -13,8 +13,8 @@ from pathlib import Path
 
 from dnslib import QTYPE, RR, TXT
 
-from nodecache.samplezone import all_records
 from tests.dnsmsg import query
+from tests.support.samplezone import all_records
 
 HUGE_NAME = "huge.default.svc.cluster.local"
 TXT_STRING = 250  # bytes per character-string (at most 255)

@@ -3,7 +3,9 @@
 `make run` puts the agent in front of this zone so a newcomer can `dig` something real
 without a cluster; the tests use the same records (directly, through NSD, or through the
 fault-injecting fake upstream) so every layer is exercised against one known data set.
-Only dnslib and the standard library are used, and nothing in the agent imports this module.
+Only dnslib, click and the standard library are used, and nothing in the agent imports this
+module: it lives with the tests so it ships in neither the package nor the image. Run it
+from the top of a checkout: `python -m tests.support.samplezone [--run-agent]`.
 
 All addresses come from the documentation ranges (RFC 5737, RFC 3849) so nothing here can
 ever collide with a real network.
@@ -68,6 +70,9 @@ MEDIUM_A_COUNT = 40
 CLOSE_CONNECTION = b""
 """What `SampleResponder.handle` returns to have a TCP connection closed instead of answered."""
 REVERSE_V4_ZONE = "2.0.192.in-addr.arpa"
+CHECKOUT = Path(__file__).resolve().parents[2]
+"""The checkout's top directory: `python -m tests.support.samplezone` must run from there."""
+RUN_MODULE = "tests.support.samplezone"
 REVERSE_V6_ZONE = "8.b.d.0.1.0.0.2.ip6.arpa"
 
 
