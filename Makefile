@@ -35,10 +35,17 @@ $(STAMP): setup.cfg pyproject.toml
 venv: $(STAMP)
 
 # Idempotent: asks dpkg first and only runs apt-get when something is missing.
+# As root it installs what is missing (CI). Any other user cannot, so it says what is
+# missing and carries on: the tests that need those tools skip with the reason (pytest -ra).
 debs:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	missing=$$(echo $$missing); \
 	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages: $$missing (run 'make debs' as root, or apt-get install them)"; exit 1; fi; \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "make debs: Debian packages not installed: $$missing"; \
+	    echo "make debs: not root, so not installing them; the tests that need them will be skipped (run 'make debs' as root, or apt-get install them, to run those too)"; \
+	    exit 0; \
+	  fi; \
 	  echo "installing Debian packages: $$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
@@ -58,7 +65,7 @@ profile: debs $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nodecache tests benchmarks
-	$(VENV)/bin/mypy nodecache --ignore-missing-imports
+	$(VENV)/bin/mypy nodecache tests/support/samplezone.py --ignore-missing-imports
 
 # The container image, with whichever engine answers (`docker info` / `podman info`).
 VERSION := $(shell sed -n 's/^version *= *//p' setup.cfg)
