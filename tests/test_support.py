@@ -354,3 +354,14 @@ def test_raw_tcp_framed_sends_bytes_as_given(up: FakeUpstream) -> None:
     q = DNSRecord.question(WEB).pack()
     (reply,) = raw_tcp(HOST, up.port, [len(q).to_bytes(2, "big") + q], framed=True)
     assert DNSRecord.parse(reply).q.qtype == QTYPE.A
+
+
+@pytest.mark.parametrize(("ask", "package"), [(dig, "bind9-dnsutils"), (kdig, "knot-dnsutils")])
+def test_missing_client_skips_the_test_naming_its_package(
+    ask: object, package: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without dig or kdig a test that asks with it is skipped with the package to install, not failed."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no client is found
+    with pytest.raises(pytest.skip.Exception) as info:
+        ask(HOST, 9, WEB)  # type: ignore[operator]
+    assert "is not installed" in str(info.value) and package in str(info.value)
