@@ -20,7 +20,7 @@ from typing import Any
 
 from nodecache.config import Address, Config, canonical_zone
 from nodecache.control import ControlServer
-from nodecache.endpoints import ALL_ADDRESSES, TEXT, HttpEndpoint, Response, parse_address
+from nodecache.endpoints import TEXT, HttpEndpoint, Response
 from nodecache.errors import ControlError, ListenError, NodecacheError
 from nodecache.health import Readiness
 from nodecache.listeners import TcpClients, TcpConnection, UdpListener, make_socket
@@ -177,7 +177,8 @@ class Server:
             self.control = ControlServer(cfg.control_socket, {"stats": self._stats, "flush": self._flush})
             await self.control.start()
         routes: dict[Address, dict[str, Any]] = {}
-        if cfg.metrics_address:
+        metrics_at, health_at = cfg.metrics_endpoint, cfg.health_endpoint
+        if metrics_at:
             collector = AgentCollector(
                 self.resolver, self._server_label, self._setup_errors, lambda: self.reload_failed, tcp=self.tcp
             )
@@ -186,10 +187,10 @@ class Server:
             async def metrics() -> Response:
                 return 200, CONTENT_TYPE, exposition(reg)
 
-            routes.setdefault(parse_address(cfg.metrics_address, ALL_ADDRESSES), {})["/metrics"] = metrics
-        if cfg.health_address:
+            routes.setdefault(metrics_at, {})["/metrics"] = metrics
+        if health_at:
             health = {"/health": self._health, "/ready": self._ready}
-            routes.setdefault(parse_address(cfg.health_address, ALL_ADDRESSES), {}).update(health)
+            routes.setdefault(health_at, {}).update(health)
         for address, paths in routes.items():
             endpoint = HttpEndpoint(address, paths)
             await endpoint.start()
