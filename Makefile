@@ -46,7 +46,9 @@ debs:
 run: $(STAMP)
 	$(VPY) -m nodecache.samplezone --run-agent --port $(RUN_PORT) --zone-port $(ZONE_PORT) --node-resolv-conf $(NODE_RESOLV_CONF)
 
+# The import layering (setup.cfg [importlinter]) is checked first: a broken contract fails the run.
 test: debs $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(VPY) -m pytest -q -ra
 
 bench: debs $(STAMP)
@@ -59,6 +61,7 @@ profile: debs $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nodecache tests benchmarks
 	$(VENV)/bin/mypy nodecache --ignore-missing-imports
+	$(VENV)/bin/lint-imports
 
 # The container image, with whichever engine answers (`docker info` / `podman info`).
 VERSION := $(shell sed -n 's/^version *= *//p' setup.cfg)
