@@ -1,8 +1,9 @@
 """Every hand-written variant of the hit path answers with the same bytes.
 
-The listeners answer in several copies written for speed (listeners.py):
-UDP's datagram_received, _sampled and _logged, TCP's plain branch and
-_one_observed. The same queries (hits, misses, errors, truncation) go through
+The listeners answer in more than one copy, written for speed (listeners.py):
+UDP's datagram_received and its observed branch (_observed, taken when the
+sampling countdown fires and, through _logged, for every query with the
+query log on), TCP's plain branch and _one_observed. The same queries (hits, misses, errors, truncation) go through
 each of them, with sampling forced on or off and the query log on or off,
 and the replies must be the same bytes, TTLs aside (they count down with
 the clock), within each transport.
