@@ -47,7 +47,9 @@ debs:
 run: $(STAMP)
 	$(VPY) -m nodecache.samplezone --run-agent --port $(RUN_PORT) --zone-port $(ZONE_PORT) --node-resolv-conf $(NODE_RESOLV_CONF)
 
+# The import layering (setup.cfg [importlinter]) is checked first: a broken contract fails the run.
 test: debs $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(VPY) -m pytest -q -ra
 
 bench: debs $(STAMP)
@@ -60,6 +62,7 @@ profile: debs $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nodecache tests benchmarks docs
 	$(VENV)/bin/mypy nodecache --ignore-missing-imports
+	$(VENV)/bin/lint-imports
 
 # docs/reference.md from the click commands and the metrics collector; tests/test_docs.py fails when it drifts.
 docs: $(STAMP)
