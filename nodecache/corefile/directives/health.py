@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 COREDNS_HEALTH_PORT = 8080  # `health` without an address listens on :8080
 COREDNS_METRICS_ADDRESS = ("127.0.0.1", 9153)  # `prometheus` without an address: localhost:9153
+HEALTH_OPTION_WORDS = ("lameduck",)
 
 
 def parse_health(block: ServerBlock, ctx: Ctx, item: Line) -> ServerBlock:
@@ -27,7 +28,7 @@ def parse_health(block: ServerBlock, ctx: Ctx, item: Line) -> ServerBlock:
     lameduck = 0.0
     for opt in item.block or ():
         octx = ctx.at(opt.line)
-        if opt.name.text != "lameduck":
+        if opt.name.text not in HEALTH_OPTION_WORDS:
             raise octx.fail(f"unknown option {opt.name.text!r}; health supports lameduck DURATION")
         arity(octx, opt.args, 1, 1, "lameduck DURATION")
         lameduck = duration(octx, opt.args[0], "lameduck")
@@ -71,7 +72,7 @@ HEALTH = Directive(
         Option("health ADDR", sample("health 192.0.2.1:8081"), sample("health"), reaches=("health_address",)),
         Option("health lameduck", sample("health {\nlameduck 3s\n}"), sample("health"), reaches=("lameduck",)),
     ),
-    words=("lameduck",),
+    words=HEALTH_OPTION_WORDS,
 )
 PROMETHEUS = Directive(
     "prometheus",

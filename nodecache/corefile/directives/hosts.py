@@ -59,6 +59,8 @@ def parse(block: ServerBlock, ctx: Ctx, item: Line) -> ServerBlock:
                 raise octx.fail(f"the entry for {name} names no host; write IP NAME...")
             entries.append(HostsEntry(str(ipaddress.ip_address(name)), tuple(zone(octx, t) for t in opt.args)))
             continue
+        if name not in OPTION_WORDS:
+            raise octx.fail(f"{name!r} is neither an IP NAME... entry nor an option ({', '.join(OPTION_WORDS)})")
         if name in seen:
             raise octx.fail(f"{name} appears twice in this hosts block (first on line {seen[name]}); keep one")
         seen[name] = opt.line
@@ -71,10 +73,8 @@ def parse(block: ServerBlock, ctx: Ctx, item: Line) -> ServerBlock:
         elif name == "reload":
             arity(octx, opt.args, 1, 1, "reload DURATION")
             spec = replace(spec, reload=duration(octx, opt.args[0], "DURATION"))
-        elif name == "fallthrough":
+        else:  # fallthrough [ZONES...]
             spec = replace(spec, fallthrough=tuple(zone(octx, t) for t in opt.args))
-        else:
-            raise octx.fail(f"{name!r} is neither an IP NAME... entry nor an option ({', '.join(OPTION_WORDS)})")
     return replace(block, hosts=replace(spec, entries=tuple(entries)))
 
 

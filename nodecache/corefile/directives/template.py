@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from nodecache.corefile.model import ServerBlock
 
 DNS_CLASSES = {"IN": 1, "CH": 3, "HS": 4, "ANY": 255}
+OPTION_WORDS = ("rcode",)  # the simple form only: an empty reply with that rcode
 TEMPLATE_RCODES = ("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED")
 REFUSED = "is not answered by this build of nodecache yet; remove it, or answer these names upstream"
 
@@ -45,7 +46,7 @@ def parse(block: ServerBlock, ctx: Ctx, item: Line) -> ServerBlock:
     rcode = "NOERROR"
     for opt in item.block or ():
         octx = ctx.at(opt.line)
-        if opt.name.text != "rcode":
+        if opt.name.text not in OPTION_WORDS:
             raise octx.fail(
                 f"{opt.name.text!r} is not supported; nodecache answers only the simple form "
                 "template CLASS TYPE [ZONES...] { rcode RCODE } (an empty reply with that rcode)"
@@ -73,6 +74,6 @@ TEMPLATE = Directive(
         Option("template ZONES", sample("template IN AAAA example.org"), refused=_WHY),
         Option("template rcode", sample("template IN AAAA {\nrcode NXDOMAIN\n}"), refused=_WHY),
     ),
-    words=("rcode",),
+    words=OPTION_WORDS,
     repeatable=True,
 )
