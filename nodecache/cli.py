@@ -105,7 +105,7 @@ def _corefile_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         _option("--config", "--base-corefile", default=None, metavar="FILE", type=click.Path(dir_okay=False),
                 help="Corefile to run (node-local-dns's ConfigMap, placeholders and all); its zones replace the "
-                     "flag-built ones. Flags given explicitly still win (see README, precedence)."),
+                     "flag-built ones. Flags given explicitly still win (see docs/migrate.md, which value wins)."),
         _option("--corefile", default=None, metavar="FILE", type=click.Path(dir_okay=False),
                 help="node-cache compatibility: write the Corefile with its placeholders filled in to FILE "
                      "(for inspection; the agent runs from --config)."),

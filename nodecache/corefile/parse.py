@@ -55,7 +55,7 @@ def _parse_block(raw: RawBlock, source: str) -> ServerBlock:
         if name not in DIRECTIVES:
             raise ctx.fail(
                 f"unknown directive; nodecache supports {', '.join(SUPPORTED_DIRECTIVES)} "
-                "(see README, Migrating from node-local-dns)"
+                "(see docs/migrate.md)"
             )
         if name in seen and name not in REPEATABLE_DIRECTIVES:
             raise ctx.fail(f"appears twice in this server block (first on line {seen[name]}); keep one")
