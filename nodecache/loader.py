@@ -213,9 +213,10 @@ def _from_corefile(opts: Opts, explicit: frozenset[str]) -> dict[str, Any]:
         "listen": config.listen,
         "port": config.port,
         "zones": config.zones,
-        "query_log": any(b.log for b in parsed.blocks),
-        "reload_interval": parsed.reload.interval if parsed.reload else 0.0,
-        "loop_zones": tuple(k.zone for b in parsed.blocks if b.loop for k in b.keys),
+        # to_config maps the Corefile's `log`, `reload` and `loop` itself.
+        "query_log": config.query_log,
+        "reload_interval": config.reload_interval,
+        "loop_zones": config.loop_zones,
     }
     # `prometheus`, `health` and `lameduck` (in `health`): only when the Corefile has them.
     said |= {name: value for name in ("metrics_address", "health_address", "lameduck") if (value := getattr(config, name))}
