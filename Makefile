@@ -15,7 +15,7 @@ NODE_RESOLV_CONF ?= /etc/resolv.conf
 # musl-tools (musl-gcc: a static musl getaddrinfo client, which has no TCP fallback).
 DEB_PACKAGES := nsd bind9-dnsutils knot-dnsutils dnsperf dnsmasq-base unbound iptables iproute2 musl-tools
 
-.PHONY: help venv debs run test bench profile lint clean image manifest
+.PHONY: help venv debs run test bench profile lint clean image manifest docs
 
 help:
 	@echo "make run    start the agent on 127.0.0.1:$(RUN_PORT) in front of a sample cluster zone"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench  dnsperf side by side: nodecache, dnsmasq, unbound"
 	@echo "make profile  cProfile of the hit path (fails if dnslib runs on a hit)"
 	@echo "make lint   ruff and mypy"
+	@echo "make docs   regenerate docs/reference.md (flags and metrics) from the code"
 	@echo "make image  build the container image $(IMAGE) with docker or podman"
 	@echo "make manifest ARGS='--dns-server IP [--ipvs] [--image REF]'  print daemonset.yaml rendered for a cluster"
 
@@ -53,7 +54,9 @@ debs:
 run: $(STAMP)
 	$(VPY) -m tests.support.samplezone --run-agent --port $(RUN_PORT) --zone-port $(ZONE_PORT) --node-resolv-conf $(NODE_RESOLV_CONF)
 
+# The import layering (setup.cfg [importlinter]) is checked first: a broken contract fails the run.
 test: debs $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(VPY) -m pytest -q -ra
 
 bench: debs $(STAMP)
@@ -64,8 +67,13 @@ profile: debs $(STAMP)
 	$(VPY) benchmarks/profile_hit.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check nodecache tests benchmarks
+	$(VENV)/bin/ruff check nodecache tests benchmarks docs
 	$(VENV)/bin/mypy nodecache tests/support/samplezone.py --ignore-missing-imports
+	$(VENV)/bin/lint-imports
+
+# docs/reference.md from the click commands and the metrics collector; tests/test_docs.py fails when it drifts.
+docs: $(STAMP)
+	$(VPY) docs/gen_reference.py
 
 # The container image, with whichever engine answers (`docker info` / `podman info`).
 VERSION := $(shell sed -n 's/^version *= *//p' setup.cfg)

@@ -482,7 +482,7 @@ def print_report(rep: dict) -> None:
     print(f"reps: {s['reps']} interleaved; figures are medians over reps; "
           f"p99 from dnsperf -v per-answer latencies; lost = no answer within -t;")
     print("bad = answers other than NOERROR/NXDOMAIN; srv cpu / gen cpu = CPU time of the server / "
-          "of dnsperf over the run, in % of its one CPU (see README: reading the results)")
+          "of dnsperf over the run, in % of its one CPU (see benchmarks/README.md: reading the results)")
     print("note: nodecache forwards cluster.local to the upstream over TCP (its default, as "
           "node-local-dns); dnsmasq and unbound over UDP")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in rep["versions"].items()))

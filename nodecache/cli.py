@@ -7,13 +7,9 @@ Errors we raise on purpose print as one line and exit 2, never a traceback.
 
 from __future__ import annotations
 
-import dataclasses
-import ipaddress
-import logging
-import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -53,20 +49,11 @@ from nodecache.config import (
     LOOPS,
     POLICIES,
     STALE_MODES,
-    Address,
-    CachePolicy,
-    Config,
-    ForwardPolicy,
-    Zone,
     canonical_zone,
     check_interface_name,
-    default_node_lock,
-    default_zones,
-    parse_size,
-    read_resolv_conf,
-    without_self,
 )
-from nodecache.errors import ConfigError, ControlError, NodecacheError
+from nodecache.errors import ControlError, NodecacheError
+from nodecache.loader import load_config, local_ips, watched_files
 from nodecache.logs import LOG_FORMATS
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -95,17 +82,12 @@ class Duration(click.ParamType):
         return int(number) * (unit or 1)
 
 
-def _split(values: tuple[str, ...]) -> tuple[str, ...]:
-    """Accept repeated flags and comma-separated lists alike."""
-    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
-
-
 def _corefile_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The Corefile flags, shared by `run` and `check-config` (node-cache's names where it has them)."""
     options = [
         _option("--config", "--base-corefile", default=None, metavar="FILE", type=click.Path(dir_okay=False),
                 help="Corefile to run (node-local-dns's ConfigMap, placeholders and all); its zones replace the "
-                     "flag-built ones. Flags given explicitly still win (see README, precedence)."),
+                     "flag-built ones. Flags given explicitly still win (see docs/migrate.md, which value wins)."),
         _option("--corefile", default=None, metavar="FILE", type=click.Path(dir_okay=False),
                 help="node-cache compatibility: write the Corefile with its placeholders filled in to FILE "
                      "(for inspection; the agent runs from --config)."),
@@ -220,20 +202,10 @@ def run(**opts: Any) -> None:
     """Run the caching agent in the foreground."""
     _setup_logging(opts["log_level"], opts["log_format"])
     explicit = _explicit_flags(click.get_current_context())
-    config = _guard(lambda: build_config(opts, explicit))
+    config = _guard(lambda: load_config(opts, explicit))
     from nodecache import server  # the event loop and sockets only for `run`
 
-    _guard(lambda: server.run(config, lambda: build_config(opts, explicit), _watched(opts)))
-
-
-def _watched(opts: dict[str, Any]) -> list[str]:
-    """The files whose change reloads the agent: the Corefile, the kube-dns ConfigMap, the node resolv.conf."""
-    if not opts.get("config"):
-        return [opts["node_resolv_conf"]]
-    from nodecache.pillars import default_kube_dns_dir
-
-    kube_dns = opts.get("kube_dns_config_dir") or default_kube_dns_dir()
-    return [p for p in (opts["config"], kube_dns, opts["node_resolv_conf"]) if p]
+    _guard(lambda: server.run(config, lambda: load_config(opts, explicit), watched_files(opts)))
 
 
 def _check_config(**opts: Any) -> None:
@@ -246,7 +218,7 @@ def _check_config(**opts: Any) -> None:
 
     _setup_logging(opts["log_level"], opts["log_format"])
     explicit = _explicit_flags(click.get_current_context())
-    config = _guard(lambda: build_config(opts, explicit))
+    config = _guard(lambda: load_config(opts, explicit))
     click.echo(check_config_table(config), nl=False)
 
 
@@ -256,211 +228,13 @@ main.add_command(click.Command(
 ))  # fmt: skip
 
 
-def build_config(opts: dict[str, Any], explicit: frozenset[str] = frozenset()) -> Config:
-    """Turn `run`'s flags (and the Corefile, with --config) into the one frozen Config.
-
-    `explicit` names the options the operator set (command line or environment):
-    only those win over the Corefile. Without --config the flags alone decide.
-    """
-    if opts.get("config"):
-        return corefile_config(opts, explicit)
-    listen = _local_ips(opts["local_ip"])
-    upstreams = tuple(Address.parse(u) for u in _split(opts["upstream"]))
-    if not upstreams:
-        raise ConfigError(
-            "no cluster DNS upstream: give --upstream with the kube-dns Service IP (kubectl -n kube-system get svc kube-dns)"
-        )
-    node = without_self(read_resolv_conf(opts["node_resolv_conf"]), listen, opts["port"])
-    common = dict(
-        success_capacity=opts["success_capacity"],
-        denial_capacity=opts["denial_capacity"],
-        servfail_ttl=opts["servfail_ttl"],
-        stale_window=opts["serve_stale"],
-        stale_mode=opts["serve_stale_mode"],
-    )
-    cluster_cache = CachePolicy(
-        success_max_ttl=opts["cluster_success_ttl"], denial_max_ttl=opts["cluster_denial_ttl"], **common
-    )
-    other_cache = CachePolicy(success_max_ttl=opts["other_ttl"], denial_max_ttl=opts["other_ttl"], **common)
-    zones = default_zones(opts["cluster_domain"], upstreams, node, cluster_cache, other_cache)
-    zones = tuple(_with_forwarding(z, opts) for z in zones)
-    return Config(
-        listen=listen,
-        port=opts["port"],
-        zones=zones,
-        tcp_idle_timeout=opts["tcp_idle_timeout"],
-        max_tcp_connections=opts["max_tcp_connections"],
-        max_tcp_per_client=opts["max_tcp_per_client"],
-        max_udp_payload=opts["max_udp_payload"],
-        loop=opts["loop"],
-        **_miss_limits(opts),
-        control_socket=_unless_off(opts["control_socket"]),
-        metrics_address=_http_address("--metrics-address", opts["metrics_address"]),
-        health_address=_http_address("--health-address", opts["health_address"] or _default_health(listen)),
-        lameduck=opts["lameduck"],
-        query_log=opts["query_log"],
-        query_log_sample=opts["query_log_sample"],
-        query_log_errors_only=opts["query_log_errors_only"],
-        setup_interface=opts["setup_interface"],
-        setup_iptables=opts["setup_iptables"],
-        interface_name=opts["interface_name"],
-        sync_interval=opts["sync_interval"],
-        skip_teardown=opts["skip_teardown"],
-        iptables_backend=opts["iptables_backend"],
-        cache_memory=_cache_memory(opts),
-        node_lock=_node_lock(opts),
-    )
-
-
-def _cache_memory(opts: dict[str, Any]) -> int:
-    """--cache-memory in bytes; the flag also applies with --config (the Corefile has no word for it)."""
-    try:
-        return parse_size(str(opts.get("cache_memory", DEFAULT_CACHE_MEMORY)))
-    except ConfigError as exc:
-        raise ConfigError(f"--cache-memory: {exc}") from None
-
-
-# ---------------------------------------------------------------------------- Corefile (--config)
-
-# Flags that shape zones. With --config the Corefile defines the zones, so setting
-# one of these as well is refused: silently ignoring it would run something else
-# than the operator reads.
-ZONE_FLAGS = ("upstream", "success_capacity", "denial_capacity", "cluster_success_ttl", "cluster_denial_ttl",
-              "other_ttl", "servfail_ttl", "policy")  # fmt: skip
-# Flags that override the Corefile's value when given (corefile.Overrides field names).
-OVERRIDE_FLAGS = {"local_ip": "listen", "port": "port", "try_timeout": "try_timeout", "timeout": "timeout",
-                  "tcp_idle_timeout": "tcp_idle_timeout", "max_udp_payload": "max_udp_payload", "loop": "loop",
-                  "metrics_address": "metrics_address", "health_address": "health_address",
-                  "lameduck": "lameduck"}  # fmt: skip
+build_config = load_config  # the name tests and scripts know the loader by
 
 
 def _explicit_flags(ctx: click.Context) -> frozenset[str]:
     """Options the operator set on the command line or through the environment (not defaults)."""
     given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
     return frozenset(name for name in ctx.params if ctx.get_parameter_source(name) in given)
-
-
-def load_corefile(opts: dict[str, Any], env: Mapping[str, str] | None = None) -> Any:
-    """The --config Corefile as this node runs it (placeholders filled in, stub domains added).
-
-    Returns (CorefileConfig, warnings). Warnings are logged by the caller.
-    """
-    from nodecache.pillars import default_kube_dns_dir, load_node_local_corefile
-
-    kube_dns_dir = opts.get("kube_dns_config_dir") or default_kube_dns_dir()
-    return load_node_local_corefile(
-        opts["config"],
-        local_ips=_split(opts["local_ip"]),
-        upstream_svc=opts.get("upstream_svc"),
-        env=os.environ if env is None else env,
-        kube_dns_dir=kube_dns_dir,
-        node_resolv_conf=opts["node_resolv_conf"],
-        cluster_domain=opts["cluster_domain"],
-    )
-
-
-def corefile_config(opts: dict[str, Any], explicit: frozenset[str] = frozenset()) -> Config:
-    """Config from --config: built-in defaults < the Corefile < flags given explicitly.
-
-    Flags the Corefile has no word for (control socket, node setup, logs) come from
-    the flags as always; the Corefile's `log` turns the query log on unless
-    --query-log was given.
-    """
-    from nodecache.corefile import Overrides, to_config
-
-    refused = [f"--{name.replace('_', '-')}" for name in ZONE_FLAGS if name in explicit]
-    if refused:
-        raise ConfigError(
-            f"{', '.join(refused)} cannot be combined with --config: the Corefile defines the zones; "
-            "set it in the Corefile's forward/cache directives instead"
-        )
-    parsed, warnings = load_corefile(opts)
-    for warning in warnings:
-        logging.getLogger("nodecache.config").warning("%s", warning)
-    if opts.get("corefile"):
-        _write_substituted(opts)
-    given: dict[str, Any] = {field: opts[flag] for flag, field in OVERRIDE_FLAGS.items() if flag in explicit}
-    if "listen" in given:
-        given["listen"] = _local_ips(given["listen"])
-    for flag in ("metrics_address", "health_address"):
-        if flag in given:
-            given[flag] = _http_address("--" + flag.replace("_", "-"), given[flag]) or ""
-    config = to_config(parsed, Overrides(**given))
-    listen = config.listen
-    wildcard = [h for h in listen if ipaddress.ip_address(h).is_unspecified]
-    if wildcard and (opts["setup_interface"] or opts["setup_iptables"]):
-        raise ConfigError(
-            f"the Corefile listens on {' '.join(wildcard)} (no bind), which cannot go on the interface or in the "
-            "rules: add `bind` with the local IPs, or give --local-ip, or --no-setup-interface --no-setup-iptables"
-        )
-    # An explicit 'off' is "" here: to_config would fall back to the Corefile's, so decide after it.
-    metrics = given["metrics_address"] if "metrics_address" in given else config.metrics_address or DEFAULT_METRICS_ADDRESS
-    health = given["health_address"] if "health_address" in given else config.health_address or _default_health(listen)
-    lameduck = config.lameduck if "lameduck" in given or config.lameduck else opts["lameduck"]
-    query_log = opts["query_log"] if "query_log" in explicit else any(b.log for b in parsed.blocks)
-    return dataclasses.replace(
-        config,
-        zones=_stale_overridden(config.zones, opts, explicit),
-        **_miss_limits(opts),
-        reload_interval=parsed.reload.interval if parsed.reload else 0.0,
-        loop_zones=tuple(k.zone for b in parsed.blocks if b.loop for k in b.keys),
-        metrics_address=metrics or None,
-        health_address=health or None,
-        lameduck=lameduck,
-        control_socket=_unless_off(opts["control_socket"]),
-        query_log=query_log,
-        query_log_sample=opts["query_log_sample"],
-        query_log_errors_only=opts["query_log_errors_only"],
-        setup_interface=opts["setup_interface"],
-        setup_iptables=opts["setup_iptables"],
-        interface_name=opts["interface_name"],
-        sync_interval=opts["sync_interval"],
-        skip_teardown=opts["skip_teardown"],
-        iptables_backend=opts["iptables_backend"],
-        cache_memory=_cache_memory(opts),
-        node_lock=_node_lock(opts),
-        max_tcp_connections=opts["max_tcp_connections"],  # the Corefile has no word for these
-        max_tcp_per_client=opts["max_tcp_per_client"],
-    )
-
-
-def _miss_limits(opts: dict[str, Any]) -> dict[str, Any]:
-    """The answer deadline and the waiting caps: flags only, the Corefile has no word for them."""
-    return dict(
-        answer_deadline=opts["answer_deadline"],
-        max_waiting=opts["max_waiting"],
-        max_waiting_per_name=opts["max_waiting_per_name"],
-    )
-
-
-def _stale_overridden(zones: tuple[Zone, ...], opts: dict[str, Any], explicit: frozenset[str]) -> tuple[Zone, ...]:
-    """--serve-stale / --serve-stale-mode, when given, win over the Corefile in every zone that caches."""
-    change = {field: opts[flag] for flag, field in (("serve_stale", "stale_window"), ("serve_stale_mode", "stale_mode"))
-              if flag in explicit}  # fmt: skip
-    if not change:
-        return zones
-    return tuple(
-        dataclasses.replace(z, cache=dataclasses.replace(z.cache, **change))
-        if z.cache.success_capacity or z.cache.denial_capacity else z
-        for z in zones
-    )
-
-
-def _write_substituted(opts: dict[str, Any]) -> None:
-    """node-cache writes the filled-in Corefile to --corefile; so do we (stub domains are not appended)."""
-    from pathlib import Path
-
-    from nodecache.corefile import read_text
-    from nodecache.pillars import default_kube_dns_dir, pillar_values, read_kube_dns_dir, substitute
-
-    kube_dns = read_kube_dns_dir(opts.get("kube_dns_config_dir") or default_kube_dns_dir())
-    values = pillar_values(_split(opts["local_ip"]), opts.get("upstream_svc"), os.environ, kube_dns,
-                           opts["node_resolv_conf"], opts["cluster_domain"])  # fmt: skip
-    text = substitute(read_text(opts["config"]), values, str(opts["config"]))
-    try:
-        Path(opts["corefile"]).write_text(text)
-    except OSError as exc:
-        raise ConfigError(f"--corefile: cannot write {opts['corefile']}: {exc.strerror}") from None
 
 
 @main.command()
@@ -477,7 +251,7 @@ def teardown(interface_name: str, local_ip: tuple[str, ...], iptables_backend: s
     from nodecache.node import teardown_leftovers
 
     def checked_ips() -> tuple[str, ...]:
-        ips = _local_ips(local_ip)
+        ips = local_ips(local_ip)
         check_interface_name(interface_name)
         return ips
 
@@ -485,68 +259,6 @@ def teardown(interface_name: str, local_ip: tuple[str, ...], iptables_backend: s
     removed = _guard(lambda: teardown_leftovers(interface_name, ips, iptables_backend, echo=click.echo))
     if not removed:
         click.echo("nothing to remove")
-
-
-OFF = ("off", "none", "")
-
-
-def _unless_off(value: str) -> str | None:
-    """None for 'off' (an endpoint not served), else the value."""
-    return None if value.strip().lower() in OFF else value
-
-
-def _node_lock(opts: dict[str, Any]) -> str | None:
-    """--node-lock: the path given, none for 'off', else the interface's lock in the node's lock directory."""
-    given = opts.get("node_lock")
-    if given is None:
-        return default_node_lock(opts["interface_name"])
-    return _unless_off(given) or None
-
-
-def _http_address(flag: str, value: str) -> str | None:
-    """An HTTP endpoint's HOST:PORT (or :PORT), checked now so a typo fails before anything starts."""
-    from nodecache.endpoints import ALL_ADDRESSES, parse_address
-
-    if _unless_off(value) is None:
-        return None
-    try:
-        address = parse_address(value, ALL_ADDRESSES)
-    except ConfigError as exc:
-        raise ConfigError(f"{flag}: {exc}") from None
-    if not address.port:
-        raise ConfigError(f"{flag} {value!r} has no port; write HOST:PORT, e.g. 127.0.0.1:9253")
-    return str(address)
-
-
-def _default_health(listen: tuple[str, ...]) -> str:
-    """The reference's health address: the first local IP, port 8080."""
-    host = listen[0] if listen else "127.0.0.1"
-    return f"[{host}]:{DEFAULT_HEALTH_PORT}" if ":" in host else f"{host}:{DEFAULT_HEALTH_PORT}"
-
-
-def _local_ips(values: tuple[str, ...]) -> tuple[str, ...]:
-    """--local-ip as a tuple of bare IPs (repeated or comma-separated), or the one-line error."""
-    ips = _split(values)
-    for ip in ips:
-        try:
-            ipaddress.ip_address(ip)
-        except ValueError:
-            raise ConfigError(
-                f"--local-ip {ip!r} is not an IP address; give bare IPv4 or IPv6 addresses (the port is --port)"
-            ) from None
-    return ips
-
-
-def _with_forwarding(zone: Zone, opts: dict[str, Any]) -> Zone:
-    f = zone.forward
-    forward = ForwardPolicy(
-        upstreams=f.upstreams,
-        force_tcp=f.force_tcp,
-        policy=opts["policy"],
-        try_timeout=opts["try_timeout"],
-        timeout=max(opts["timeout"], opts["try_timeout"]),
-    )
-    return Zone(zone.name, forward, zone.cache)
 
 
 def _guard(step: Callable[[], Any]) -> Any:

@@ -100,6 +100,46 @@ MIN_CACHE_MEMORY = 1024 * 1024  # a few of the largest answers (64 KiB, kept twi
 _SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
 
 
+# "Off": a Config field naming an endpoint or a file (control_socket, metrics_address, health_address,
+# node_lock) is None when nothing is served or used there; never "" or the word. On the command line and
+# in the environment an operator writes `off` (or `none`); unless_off() turns that into None.
+OFF_WORDS = ("off", "none", "")
+ALL_ADDRESSES = "0.0.0.0"  # where an HTTP endpoint written as a bare :PORT listens (as in a Corefile)
+OFF_FIELDS = ("control_socket", "metrics_address", "health_address", "node_lock")
+
+
+def unless_off(value: str) -> str | None:
+    """None for `off` (or `none`, or nothing): the endpoint or file is not used; else the value."""
+    return None if value.strip().lower() in OFF_WORDS else value
+
+
+# ---------------------------------------------------------------- addresses: every IP and HOST:PORT is read here
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_ip(text: str, error: str | None = None) -> IPAddress:
+    """A bare IPv4 or IPv6 address (no port, no brackets); ConfigError(`error`) when it is not one.
+
+    The one IP parser of the agent's inputs (flags, resolv.conf, kube-dns files, Service variables),
+    so every site accepts the same spellings; callers word the error for their operator.
+    """
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise ConfigError(error or f"{text!r} is not an IP address") from None
+
+
+def is_ip(text: str) -> bool:
+    """Whether `text` is a bare IP address (parse_ip would accept it)."""
+    try:
+        parse_ip(text)
+    except ConfigError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Address:
     """An IP and port; IPv6 literals are written [addr]:port."""
@@ -121,11 +161,16 @@ class Address:
         elif text.count(":") == 1:
             host, _, p = text.partition(":")
             port = _port(p, text)
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ConfigError(f"{text!r} is not an IP address; give IP or IP:PORT, e.g. 192.0.2.10:53") from None
+        parse_ip(host, f"{text!r} is not an IP address; give IP or IP:PORT, e.g. 192.0.2.10:53")
         return cls(host, port)
+
+    @classmethod
+    def parse_http(cls, text: str, default_host: str = ALL_ADDRESSES) -> Address:
+        """HOST:PORT, [IPv6]:PORT, or :PORT (on `default_host`) for an HTTP endpoint; port 0 when none is written."""
+        text = text.strip()
+        if text.startswith(":"):
+            text = (f"[{default_host}]" if ":" in default_host else default_host) + text
+        return cls.parse(text, default_port=0)
 
     @property
     def family_v6(self) -> bool:
@@ -232,7 +277,9 @@ class Config:
     skip_teardown: bool = False
     iptables_backend: str = "auto"
     node_lock: str | None = None  # lock file shared by the agents of a node; None: none (each tears down alone)
-    # Operator endpoints (control.py, metrics.py). None: not served.
+    # Operator endpoints (control.py, metrics.py). None: not served ("" is read as None; see OFF_WORDS).
+    # The HTTP addresses are canonical HOST:PORT text (loader.py writes them so); metrics_endpoint and
+    # health_endpoint give them as Address for the code that binds them.
     control_socket: str | None = None
     metrics_address: str | None = None
     health_address: str | None = None
@@ -249,13 +296,13 @@ class Config:
     cache_memory: int = DEFAULT_CACHE_MEMORY
 
     def __post_init__(self) -> None:
+        for name in OFF_FIELDS:  # one spelling of "off": None
+            if getattr(self, name) == "":
+                object.__setattr__(self, name, None)
         if not self.listen:
             raise ConfigError("nothing to listen on; give at least one --local-ip address")
         for host in self.listen:
-            try:
-                ipaddress.ip_address(host)
-            except ValueError:
-                raise ConfigError(f"listen address {host!r} is not an IP address (no port or brackets; use --port)") from None
+            parse_ip(host, f"listen address {host!r} is not an IP address (no port or brackets; use --port)")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is out of range 0-65535")
         if self.max_tcp_connections < 1 or self.max_tcp_per_client < 1:
@@ -285,6 +332,16 @@ class Config:
                 f"the cache memory budget must be 0 (no budget) or at least {MIN_CACHE_MEMORY // 2**20}Mi "
                 f"(room for the largest answers), not {self.cache_memory} bytes"
             )
+
+    @property
+    def metrics_endpoint(self) -> Address | None:
+        """Where /metrics is served, or None; a bare :PORT is every IPv4 address."""
+        return None if self.metrics_address is None else Address.parse_http(self.metrics_address)
+
+    @property
+    def health_endpoint(self) -> Address | None:
+        """Where /health and /ready are served, or None; a bare :PORT is every IPv4 address."""
+        return None if self.health_address is None else Address.parse_http(self.health_address)
 
 
 def parse_size(text: str) -> int:
@@ -332,8 +389,8 @@ def read_resolv_conf(path: str | Path) -> tuple[Address, ...]:
         if len(words) >= 2 and words[0] == "nameserver":
             host = words[1]  # a link-local IPv6 server keeps its %interface: it needs one
             try:
-                servers.append(Address(str(ipaddress.ip_address(host))))
-            except ValueError:
+                servers.append(Address(str(parse_ip(host))))
+            except ConfigError:
                 continue  # resolv(5) ignores what it cannot parse; so do we
     if not servers:
         raise ResolvConfError(f"{path} names no usable nameserver; add a 'nameserver IP' line")
@@ -362,8 +419,8 @@ def default_zones(
 
 def without_self(servers: tuple[Address, ...], listen: tuple[str, ...], port: int) -> tuple[Address, ...]:
     """Drop resolvers that are this agent itself: forwarding to them would loop."""
-    own = {(ipaddress.ip_address(h), port) for h in listen}
-    kept = tuple(s for s in servers if (ipaddress.ip_address(s.host), s.port) not in own)
+    own = {(parse_ip(h), port) for h in listen}
+    kept = tuple(s for s in servers if (parse_ip(s.host), s.port) not in own)
     if not kept:
         raise ResolvConfError(
             "every node resolver is this agent's own address; the node's resolv.conf must name "

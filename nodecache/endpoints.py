@@ -38,18 +38,9 @@ CLOSE_WAIT = 1.0  # at shutdown, for requests still being answered
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
            503: "Service Unavailable"}  # fmt: skip
 TEXT = "text/plain; charset=utf-8"
-ALL_ADDRESSES = "0.0.0.0"  # what a bare :PORT listens on
 
 Response = tuple[int, str, bytes]  # status, content type, body
 Handler = Callable[[], Awaitable[Response]]
-
-
-def parse_address(text: str, default_host: str) -> Address:
-    """HOST:PORT, [IPv6]:PORT, or :PORT (on `default_host`) for an HTTP endpoint."""
-    text = text.strip()
-    if text.startswith(":"):
-        text = (f"[{default_host}]" if ":" in default_host else default_host) + text
-    return Address.parse(text, default_port=0)
 
 
 class HttpEndpoint:

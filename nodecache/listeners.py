@@ -8,8 +8,10 @@ spawns one.
 Observability costs the hit path one countdown: every so many queries (see
 counters.Activity) one takes the sampled branch, which times the answer and
 feeds the top names and clients. With the query log on, the UDP listener
-swaps in a receive method that logs (the TCP one tests one flag), so with it
-off nothing is paid for it at all.
+swaps in a receive method that takes that branch for every query (the TCP
+one tests one flag), so with it off nothing is paid for it at all. Each
+listener thus has two copies of the answering logic, the fast one and the
+observed one; a test holds every combination to the same reply bytes.
 
 Client TCP connections are bounded (RFC 7766 section 10): capped in number,
 in total and per client address (TcpClients), and each holds about 1 MiB at
@@ -141,50 +143,48 @@ class UdpListener(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.countdown -= 1
         if not self.countdown:
-            return self._sampled(data, addr)
+            return self._observed(data, addr)
         r = self.answer(data, self.via)
         if r.__class__ is bytes:
             self.transport.sendto(r, addr)  # type: ignore[union-attr]
         elif r is not None:
             self.submit(data, r, self.via, self._deliver, addr)  # type: ignore[arg-type]
-
-    def _sampled(self, data: bytes, addr: Any) -> None:
-        """The same as datagram_received, timed, and counted for the top-N tables."""
-        activity = self.activity
-        self.countdown = activity.countdown()
-        started = time.perf_counter()
-        r = self.answer(data, self.via)
-        if r.__class__ is bytes:
-            self.transport.sendto(r, addr)  # type: ignore[union-attr]
-            activity.hit_took(time.perf_counter() - started)
-        elif r is not None:
-            self.submit(data, r, self.via, self._deliver, addr)  # type: ignore[arg-type]
-        activity.sample(_lname(data), addr[0] if isinstance(addr, tuple) else None)
-
-    def _deliver(self, addr: Any, reply: bytes, _outcome: str) -> None:
-        """A miss's answer (Resolver.submit); the socket may have closed meanwhile."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(reply, addr)
 
     def _logged(self, data: bytes, addr: Any) -> None:
-        """datagram_received with the query log on: every answer is offered to it."""
-        started = time.perf_counter()
+        """datagram_received with the query log on: every query takes the observed branch."""
         self.countdown -= 1
+        self._observed(data, addr)
+
+    def _observed(self, data: bytes, addr: Any) -> None:
+        """One query on the sampled or logged branch: timed, sampled when due, logged when on.
+
+        The one copy of the answering logic besides datagram_received's fast
+        branch; tests/test_hitpath_variants.py holds them to the same bytes.
+        """
+        started = time.perf_counter()
         sampled = not self.countdown
+        ql = self.query_log
         r = self.answer(data, self.via)
         if r.__class__ is bytes:
             self.transport.sendto(r, addr)  # type: ignore[union-attr]
             took = time.perf_counter() - started
             if sampled:
                 self.activity.hit_took(took)
-            ql = self.query_log
             if ql is not None and ql.wants(r):  # type: ignore[arg-type]
                 ql.record(addr, data, r, _outcome(r), "udp", took)  # type: ignore[arg-type]
         elif r is not None:
-            self.submit(data, r, self.via, self._deliver_logged, (addr, data, started))  # type: ignore[arg-type]
+            if ql is None:
+                self.submit(data, r, self.via, self._deliver, addr)  # type: ignore[arg-type]
+            else:
+                self.submit(data, r, self.via, self._deliver_logged, (addr, data, started))  # type: ignore[arg-type]
         if sampled:
             self.countdown = self.activity.countdown()
             self.activity.sample(_lname(data), addr[0] if isinstance(addr, tuple) else None)
+
+    def _deliver(self, addr: Any, reply: bytes, _outcome: str) -> None:
+        """A miss's answer (Resolver.submit); the socket may have closed meanwhile."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(reply, addr)
 
     def _deliver_logged(self, token: tuple[Any, bytes, float], reply: bytes, outcome: str) -> None:
         addr, data, started = token

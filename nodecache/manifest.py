@@ -13,13 +13,13 @@ typo in an IP would apply cleanly and break DNS on every node.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from nodecache import __version__
+from nodecache.config import parse_ip
 from nodecache.errors import ConfigError
 
 MANIFEST_NAME = "daemonset.yaml"
@@ -82,10 +82,7 @@ def checked_values(local_ip: str, dns_server: str, domain: str, ipvs: bool = Fal
 
 
 def _ip(flag: str, text: str, what: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text.strip()))
-    except ValueError:
-        raise ConfigError(f"{flag} {text!r} is not an IP address; give {what}") from None
+    return str(parse_ip(text.strip(), f"{flag} {text!r} is not an IP address; give {what}"))
 
 
 def render(template: str, values: Values) -> str:

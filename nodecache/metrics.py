@@ -110,7 +110,7 @@ class AgentCollector(Collector):
         )  # fmt: skip
         duration = HistogramMetricFamily(
             "coredns_dns_request_duration_seconds",
-            "Histogram of the time (in seconds) each request took per zone (hits: see the README).",
+            "Histogram of the time (in seconds) each request took per zone (hits: see docs/operate.md).",
             labels=["server", "zone", "view"],
         )
         for z in self.resolver.zones:

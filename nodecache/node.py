@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
-import ipaddress
 import logging
 import os
 import socket
@@ -24,8 +23,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from nodecache.config import DEFAULT_HEALTH_PORT, DNS_PORT, Config
-from nodecache.errors import FirewallError, NetworkSetupError
+from nodecache.config import DEFAULT_HEALTH_PORT, DNS_PORT, Config, parse_ip
+from nodecache.errors import ConfigError, FirewallError, NetworkSetupError
 from nodecache.firewall import HEARTBEAT_INTERVAL, RECENT_DIR, Firewall
 
 if TYPE_CHECKING:  # pyroute2 takes ~0.1 s to import: only agents with an interface to keep pay for it
@@ -44,11 +43,11 @@ NODE_LOCK_POLL = 0.02  # seconds between tries meanwhile
 
 def health_port(config: Config) -> int:
     """The health endpoint's port: from --health-address when set, else the reference's 8080."""
-    if config.health_address:
-        port = config.health_address.rpartition(":")[2]
-        if port.isascii() and port.isdigit() and 0 < int(port) < 65536:
-            return int(port)
-    return DEFAULT_HEALTH_PORT
+    try:
+        endpoint = config.health_endpoint
+    except ConfigError:  # a Config the loader did not make (its addresses are checked there)
+        endpoint = None
+    return endpoint.port if endpoint and endpoint.port else DEFAULT_HEALTH_PORT
 
 
 def address_is_local(ip: str) -> bool:
@@ -151,7 +150,7 @@ class NodeSetup:
         self.config = config
         self.port = port
         self.setup_errors: dict[str, int] = dict.fromkeys(SETUP_ERROR_TYPES, 0)
-        self.local_ips = tuple(ip for ip in config.listen if not ipaddress.ip_address(ip).is_loopback)
+        self.local_ips = tuple(ip for ip in config.listen if not parse_ip(ip).is_loopback)
         self.keeper: InterfaceKeeper | None = None
         if self.local_ips:
             from nodecache.netif import InterfaceKeeper

@@ -17,7 +17,6 @@ mapping): the caller passes `os.environ` and logs the returned warnings.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -25,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from nodecache.config import DEFAULT_CLUSTER_DOMAIN, DEFAULT_RESOLV_CONF, Address, canonical_zone
+from nodecache.config import DEFAULT_CLUSTER_DOMAIN, DEFAULT_RESOLV_CONF, Address, canonical_zone, parse_ip
 from nodecache.corefile import (
     CacheSpec,
     CorefileConfig,
@@ -100,10 +99,7 @@ def cluster_dns_ip(service: str, env: Mapping[str, str]) -> str:
             "only for Services in the pod's namespace that existed when the pod started: create the Service, "
             "then restart the pod"
         )
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise ConfigError(f"{variable}={value!r} is not an IP address; it should hold Service {service!r}'s ClusterIP") from None
+    return str(parse_ip(value, f"{variable}={value!r} is not an IP address; it should hold Service {service!r}'s ClusterIP"))
 
 
 # ------------------------------------------------------------------ kube-dns ConfigMap
@@ -225,10 +221,7 @@ def pillar_values(
     if not local_ips:
         raise ConfigError("no local IP; give --local-ip with the node-local address, e.g. 169.254.20.10")
     for ip in local_ips:
-        try:
-            ipaddress.ip_address(ip)
-        except ValueError:
-            raise ConfigError(f"--local-ip {ip!r} is not an IP address") from None
+        parse_ip(ip, f"--local-ip {ip!r} is not an IP address")
     cluster_dns: str | None = None
     missing = "no --upstream-svc was given; pass the name of the Service in front of the cluster DNS"
     if upstream_svc:

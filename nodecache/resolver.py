@@ -179,6 +179,80 @@ class LocalZone(ZoneRuntime):
         self.cache.store(key, wire.scan_reply(msg, name_to_wire(PROBE_NAME), qtc), False, wire.MIN_UDP_PAYLOAD)
 
 
+class LoopCheck:
+    """Forwarding-loop detection (Corefile `loop`), as CoreDNS's loop plugin does it.
+
+    A probe with a random name under LOOP_LABEL goes to each upstream of the
+    checked zones; if one comes back to this agent, that upstream forwards to
+    us, and the zones using it stop asking it. Resolver.answer hands such a
+    probe to `came_back`, testing `probes` first (empty: nothing to look for).
+    """
+
+    def __init__(self, zones: Callable[[], list[ZoneRuntime]]) -> None:
+        self.zones = zones  # the resolver's zones as of now (a reload swaps them)
+        self.probes: dict[bytes, tuple[ZoneRuntime, Upstream]] = {}  # probe name -> who was asked
+        self.loops: list[str] = []  # "zone upstream" pairs found looping
+
+    def came_back(self, q: wire.Query) -> wire.Query | None:
+        """Our own loop probe came back: the upstream it went to forwards to us. Stop using it.
+
+        The probe is dropped, so the loop ends here. A probe of another agent passing
+        through is an ordinary query.
+        """
+        probe = self.probes.pop(q.lname, None)
+        if probe is None:
+            return q
+        zone, up = probe
+        # Sub-zones split off the same server block (a `cache ... ZONE` or `disable` below it)
+        # have the same upstreams in a Forwarder of their own: they loop too.
+        for z in self.zones():
+            if z is zone or (z.zone.forward == zone.zone.forward and at_or_below(z.zone.wire, zone.zone.wire)):
+                for other in z.forwarder.upstreams:
+                    if other.address == up.address:
+                        z.forwarder.exclude(other)
+        self.loops.append(f"{zone.name} {up.address}")
+        log.error(
+            "zone %s: upstream %s sends queries back to this agent (a forwarding loop, e.g. the node's resolv.conf "
+            "naming this agent); no longer forwarding to it. Point the zone at the real resolvers and restart",
+            zone.name, up.address,
+        )  # fmt: skip
+        return None
+
+    async def run(self, zone_names: Sequence[str]) -> None:
+        """Send one probe per upstream of each named zone, all at once; loops are caught in `came_back`.
+
+        Only the probe that comes back to us counts: an upstream's answer, error or silence says nothing.
+        """
+        probes = []
+        sent: list[bytes] = []
+        for zone in self.zones():
+            if zone.name not in zone_names:
+                continue
+            for up in list(zone.forwarder.upstreams):
+                name = f"{secrets.token_hex(8)}.{LOOP_LABEL}.{'' if zone.name == '.' else zone.name}"
+                lname = name_to_wire(name.rstrip(".") + ".")
+                self.probes[lname] = (zone, up)
+                sent.append(lname)
+                probes.append(self._probe(zone, up, lname))
+        try:
+            if probes:
+                await asyncio.gather(*probes)
+        finally:
+            for lname in sent:
+                self.probes.pop(lname, None)
+
+    async def _probe(self, zone: ZoneRuntime, up: Upstream, lname: bytes) -> None:
+        qtc = struct.pack("!HH", LOOP_PROBE_TYPE, 1)
+
+        def build(qid: int) -> bytes:
+            return wire.make_query(qid, lname + qtc, False, False, UPSTREAM_UDP_PAYLOAD)
+
+        try:
+            await up.query(build, lambda msg: wire.scan_reply(msg, lname, qtc), zone.forward_tcp, LOOP_PROBE_TIMEOUT)
+        except UpstreamError:
+            pass  # silence or an error is not a loop; only our probe arriving back is
+
+
 class Resolver:
     """Answers queries from the cache, or from the zone's upstreams on a miss."""
 
@@ -204,8 +278,9 @@ class Resolver:
         self._udp_cap = config.max_udp_payload
         self.activity = Activity(time.monotonic)  # sampled top-N, query rate; listeners feed it
         self.query_log: QueryLog | None = None  # set by the server when --query-log is on
-        self._loop_probes: dict[bytes, tuple[ZoneRuntime, Upstream]] = {}  # probe name -> who was asked
-        self.loops: list[str] = []  # "zone upstream" pairs found looping
+        self.loop_check = LoopCheck(lambda: self.zones)
+        self._loop_probes = self.loop_check.probes  # the same dict: `answer` tests it without a hop
+        self.loops = self.loop_check.loops  # "zone upstream" pairs found looping
 
     def reconfigure(self, config: Config) -> list[ZoneRuntime]:
         """Swap in a new Config's zones; return the ZoneRuntimes no longer used.
@@ -272,67 +347,12 @@ class Resolver:
                 limit = TCP_LIMIT if via & 1 else (q.payload if q.payload < self._udp_cap else self._udp_cap)
                 return entry.reply(data, q.qend, q.edns, limit, now)
         if self._loop_probes and _LOOP_WIRE in q.lname:  # only while probes are out: one truthiness test
-            return self._loop_probe_seen(q)
+            return self.loop_check.came_back(q)
         return q
 
-    def _loop_probe_seen(self, q: wire.Query) -> wire.Query | None:
-        """Our own loop probe came back: the upstream it went to forwards to us. Stop using it.
-
-        The probe is dropped, so the loop ends here. A probe of another agent passing
-        through is an ordinary query.
-        """
-        probe = self._loop_probes.pop(q.lname, None)
-        if probe is None:
-            return q
-        zone, up = probe
-        # Sub-zones split off the same server block (a `cache ... ZONE` or `disable` below it)
-        # have the same upstreams in a Forwarder of their own: they loop too.
-        for z in self.zones:
-            if z is zone or (z.zone.forward == zone.zone.forward and at_or_below(z.zone.wire, zone.zone.wire)):
-                for other in z.forwarder.upstreams:
-                    if other.address == up.address:
-                        z.forwarder.exclude(other)
-        self.loops.append(f"{zone.name} {up.address}")
-        log.error(
-            "zone %s: upstream %s sends queries back to this agent (a forwarding loop, e.g. the node's resolv.conf "
-            "naming this agent); no longer forwarding to it. Point the zone at the real resolvers and restart",
-            zone.name, up.address,
-        )  # fmt: skip
-        return None
-
     async def check_loops(self, zone_names: Sequence[str]) -> None:
-        """Send one probe per upstream of each named zone, all at once; loops are caught in `answer`.
-
-        Only the probe that comes back to us counts: an upstream's answer, error or silence says nothing.
-        """
-        probes = []
-        sent: list[bytes] = []
-        for zone in self.zones:
-            if zone.name not in zone_names:
-                continue
-            for up in list(zone.forwarder.upstreams):
-                name = f"{secrets.token_hex(8)}.{LOOP_LABEL}.{'' if zone.name == '.' else zone.name}"
-                lname = name_to_wire(name.rstrip(".") + ".")
-                self._loop_probes[lname] = (zone, up)
-                sent.append(lname)
-                probes.append(self._probe(zone, up, lname))
-        try:
-            if probes:
-                await asyncio.gather(*probes)
-        finally:
-            for lname in sent:
-                self._loop_probes.pop(lname, None)
-
-    async def _probe(self, zone: ZoneRuntime, up: Upstream, lname: bytes) -> None:
-        qtc = struct.pack("!HH", LOOP_PROBE_TYPE, 1)
-
-        def build(qid: int) -> bytes:
-            return wire.make_query(qid, lname + qtc, False, False, UPSTREAM_UDP_PAYLOAD)
-
-        try:
-            await up.query(build, lambda msg: wire.scan_reply(msg, lname, qtc), zone.forward_tcp, LOOP_PROBE_TIMEOUT)
-        except UpstreamError:
-            pass  # silence or an error is not a loop; only our probe arriving back is
+        """Probe the named zones' upstreams for forwarding loops; see LoopCheck."""
+        await self.loop_check.run(zone_names)
 
     def _malformed(self, data: bytes, exc: wire.Malformed, via: int) -> bytes | None:
         """Count a bad packet; FORMERR/NOTIMP/BADVERS when its header is readable.
@@ -405,10 +425,7 @@ class Resolver:
     def _over_cap(self, zone: ZoneRuntime, w: Waiter) -> None:
         """Too many clients wait already (--max-waiting, --max-waiting-per-name): SERVFAIL now, counted."""
         zone.stats.waiters_refused += 1
-        self._finish(zone, w, self._servfail(w[0], w[1]), "miss", "")
-
-    def _servfail(self, data: bytes, q: wire.Query) -> bytes:
-        return wire.error_reply(data, wire.SERVFAIL, q.qend, q.edns, q.do, self._udp_cap)
+        self._finish(zone, w, _servfail(w[0], w[1], self._udp_cap), "miss", "")
 
     def _finish(self, zone: ZoneRuntime, w: Waiter, reply: bytes, outcome: str, plugin: str) -> None:
         """Count one answered miss and hand it to its listener."""
@@ -428,7 +445,7 @@ class Resolver:
             self._finish(zone, w, stale.stale_reply(data, q.qend, q.edns, limit, STALE_REPLY_TTL), "stale", "cache")
             return
         zone.stats.servfail += 1
-        self._finish(zone, w, self._servfail(data, q), "miss", "")
+        self._finish(zone, w, _servfail(data, q, self._udp_cap), "miss", "")
 
     def _deadline_passed(self, flight: Flight) -> None:
         """The oldest waiters reached the answer deadline: answer them from what we have."""
@@ -454,7 +471,7 @@ class Resolver:
         zone = flight.zone
         if task.cancelled():
             for w in waiters:
-                self._finish(zone, w, self._servfail(w[0], w[1]), "miss", "")
+                self._finish(zone, w, _servfail(w[0], w[1], self._udp_cap), "miss", "")
             return
         exc = task.exception()
         if isinstance(exc, Overloaded):
@@ -545,6 +562,10 @@ class Resolver:
         for flight in list(self._inflight.values()):
             if flight.task is not None:
                 flight.task.cancel()
+
+
+def _servfail(data: bytes, q: wire.Query, udp_cap: int) -> bytes:
+    return wire.error_reply(data, wire.SERVFAIL, q.qend, q.edns, q.do, udp_cap)
 
 
 def flush_match(name: str | None, suffix: str | None, qtype: int | None) -> Callable[[bytes], bool] | None:

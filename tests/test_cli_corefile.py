@@ -1,6 +1,6 @@
 """`nodecache run --config` and `nodecache check-config`: the Corefile on the command line.
 
-Precedence (README, "Migrating from node-local-dns"): built-in defaults, then the
+Precedence (docs/migrate.md, "Which value wins"): built-in defaults, then the
 Corefile, then flags the operator gave (command line or NODECACHE_ variable).
 """
 

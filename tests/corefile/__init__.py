@@ -1,0 +1,1 @@
+"""Tests of the nodecache.corefile package, mirroring its modules."""
