@@ -49,12 +49,12 @@ from nodecache.config import (
     LOOPS,
     POLICIES,
     STALE_MODES,
-    canonical_zone,
     check_interface_name,
 )
 from nodecache.errors import ControlError, NodecacheError
 from nodecache.loader import load_config, local_ips, watched_files
 from nodecache.logs import LOG_FORMATS
+from nodecache.names import canonical_name
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -343,9 +343,9 @@ def flush(control_socket: str, name: str | None, suffix: str | None, qtype: str 
     def checked() -> dict[str, Any]:
         args: dict[str, Any] = {}
         if name is not None:
-            args["name"] = canonical_zone(name)
+            args["name"] = canonical_name(name)
         if suffix is not None:
-            args["suffix"] = canonical_zone(suffix)
+            args["suffix"] = canonical_name(suffix)
         if qtype is not None:
             args["type"] = type_number(qtype)
         return args

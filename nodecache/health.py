@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 
 from nodecache import wire
-from nodecache.config import name_to_wire
+from nodecache.names import name_to_wire
 from nodecache.resolver import PROBE_NAME, PROBE_TYPE
 
 log = logging.getLogger(__name__)

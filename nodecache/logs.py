@@ -24,7 +24,8 @@ import time
 from typing import Any, TextIO
 
 from nodecache import wire
-from nodecache.dnstext import name_text, rcode_name, type_name
+from nodecache.dnstext import rcode_name, type_name
+from nodecache.names import name_text
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")

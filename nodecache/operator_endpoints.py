@@ -11,13 +11,14 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from nodecache.config import Address, Config, canonical_zone
+from nodecache.config import Address, Config
 from nodecache.control import ControlServer
 from nodecache.endpoints import TEXT, HttpEndpoint, Response
 from nodecache.errors import ControlError
 from nodecache.health import Readiness
 from nodecache.listeners import TcpClients
 from nodecache.metrics import CONTENT_TYPE, AgentCollector, exposition, registry
+from nodecache.names import canonical_name
 from nodecache.resolver import Resolver
 from nodecache.stats import DEFAULT_TOP, report
 
@@ -126,8 +127,8 @@ class OperatorEndpoints:
                 raise ControlError("name and suffix must be strings")
         if qtype is not None and (not isinstance(qtype, int) or not 0 < qtype < 65536):
             raise ControlError("type must be a number from 1 to 65535")
-        name = canonical_zone(name) if name is not None else None
-        suffix = canonical_zone(suffix) if suffix is not None else None
+        name = canonical_name(name) if name is not None else None
+        suffix = canonical_name(suffix) if suffix is not None else None
         removed = self.resolver.flush(name, suffix, qtype)
         given = {k: v for k, v in (("name", name), ("suffix", suffix), ("type", qtype)) if v is not None}
         log.info("flushed %d cached answers", removed, extra={"fields": given})

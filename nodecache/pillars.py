@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from nodecache.config import DEFAULT_CLUSTER_DOMAIN, DEFAULT_RESOLV_CONF, Address, canonical_zone, parse_ip
+from nodecache.config import DEFAULT_CLUSTER_DOMAIN, DEFAULT_RESOLV_CONF, Address, parse_ip
 from nodecache.corefile import (
     CacheSpec,
     CorefileConfig,
@@ -35,6 +35,7 @@ from nodecache.corefile import (
     read_text,
 )
 from nodecache.errors import ConfigError
+from nodecache.names import canonical_name
 
 PILLAR_LOCAL_DNS = "__PILLAR__LOCAL__DNS__"  # the node-local address (169.254.20.10)
 PILLAR_DNS_SERVER = "__PILLAR__DNS__SERVER__"  # the kube-dns ClusterIP, when it is served too
@@ -158,7 +159,7 @@ def _json_file(path: Path, kind: type, example: str) -> tuple[str, Any]:
 
 def _stub_domain(path: Path, domain: Any, servers: Any, warnings: list[str]) -> tuple[str, tuple[Address, ...]] | None:
     try:
-        zone = canonical_zone(domain) if isinstance(domain, str) and domain.strip(" .") else None
+        zone = canonical_name(domain) if isinstance(domain, str) and domain.strip(" .") else None
     except ConfigError:
         zone = None
     if zone is None:

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from nodecache import __version__
-from nodecache.dnstext import name_text
+from nodecache.names import name_text
 
 if TYPE_CHECKING:
     from nodecache.listeners import TcpClients

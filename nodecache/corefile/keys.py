@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
-import math
 from dataclasses import dataclass
 
-from nodecache.config import DNS_PORT, canonical_zone
+from nodecache.config import DNS_PORT
 from nodecache.corefile.lexer import Token
 from nodecache.corefile.registry import Option, sample
 from nodecache.corefile.values import Ctx
 from nodecache.errors import ConfigError
+from nodecache.names import canonical_name, reverse_zones
 
 
 @dataclass(frozen=True)
@@ -53,29 +53,18 @@ def _key(ctx: Ctx, text: str) -> list[ZoneKey]:
     if "/" in zone:
         return [ZoneKey(z, port) for z in _reverse_zones(ctx, zone.strip("[]"))]
     try:
-        return [ZoneKey(canonical_zone(zone), port)]
+        return [ZoneKey(canonical_name(zone), port)]
     except ConfigError as exc:
         raise ctx.fail(f"{exc}; a server block starts with ZONE[:PORT], e.g. cluster.local:53") from None
 
 
 def _reverse_zones(ctx: Ctx, cidr: str) -> list[str]:
-    """The in-addr.arpa / ip6.arpa zones that cover a network, as CoreDNS expands them.
-
-    A prefix off an octet (nibble) boundary becomes every zone at the next boundary:
-    192.0.2.0/23 is 2.0.192 and 3.0.192.in-addr.arpa; at most 128 (IPv4) or 8 (IPv6).
-    """
+    """The reverse zones covering a network (names.reverse_zones); a bad network fails at its line."""
     try:
         net = ipaddress.ip_network(cidr, strict=False)
     except ValueError:
         raise ctx.fail(f"{cidr!r} is not a network; write e.g. 192.0.2.0/24") from None
-    unit = 8 if net.version == 4 else 4  # octets for IPv4, nibbles for IPv6
-    units_total = net.max_prefixlen // unit
-    prefix = math.ceil(net.prefixlen / unit) * unit
-    zones = []
-    for sub in net.subnets(new_prefix=prefix):
-        labels = sub.network_address.reverse_pointer.split(".")
-        zones.append(".".join(labels[units_total - prefix // unit :]) + ".")
-    return zones
+    return reverse_zones(net)
 
 
 # The header's parts, as the directives declare theirs (tests/corefile/test_options.py).

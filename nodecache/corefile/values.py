@@ -11,10 +11,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from nodecache.config import canonical_zone
 from nodecache.corefile.lexer import Token
 from nodecache.corefile.reader import Line
 from nodecache.errors import ConfigError
+from nodecache.names import canonical_name
 
 ALL_ADDRESSES = "0.0.0.0"  # `:PORT` endpoints (health, prometheus) listen on every address
 
@@ -100,7 +100,7 @@ def looks_like_duration(text: str) -> bool:
 
 def zone(ctx: Ctx, tok: Token) -> str:
     try:
-        return canonical_zone(tok.text)
+        return canonical_name(tok.text)
     except ConfigError as exc:
         raise ctx.at(tok.line).fail(str(exc)) from None
 
