@@ -47,10 +47,11 @@ class ListenerSet:
         for host in self.config.listen:
             await self.open(host)
 
-    async def open(self, host: str) -> None:
-        """UDP and TCP on one address; remembered by host so a reload can keep or close it."""
+    async def open(self, host: str, port: int | None = None) -> None:
+        """UDP and TCP on one address (on `port`, else the running config's); remembered by host
+        so a reload can keep or close it."""
         loop = asyncio.get_running_loop()
-        udp, tcp, port = self._bind_pair(host)
+        udp, tcp, port = self._bind_pair(host, self.config.port if port is None else port)
         transport, _ = await loop.create_datagram_endpoint(lambda: UdpListener(self.resolver), sock=udp)
         server = await loop.create_server(
             lambda: TcpConnection(self.resolver, self.config.tcp_idle_timeout, self.tcp), sock=tcp
@@ -66,17 +67,17 @@ class ListenerSet:
             self.closers.remove(closer)
         self.bound = [b for b in self.bound if b[0] != host]
 
-    def _bind_pair(self, host: str) -> tuple[socket.socket, socket.socket, int]:
+    def _bind_pair(self, host: str, wanted: int) -> tuple[socket.socket, socket.socket, int]:
         """UDP and TCP sockets on one port. With port 0 the kernel picks the UDP
         port, and another program may hold that port for TCP: then pick again."""
         for attempt in range(PORT_ZERO_ATTEMPTS):
-            udp = make_socket(host, self.config.port, socket.SOCK_DGRAM)
+            udp = make_socket(host, wanted, socket.SOCK_DGRAM)
             port = udp.getsockname()[1]  # the real port when 0 was asked for
             try:
                 return udp, make_socket(host, port, socket.SOCK_STREAM), port
             except ListenError:
                 udp.close()
-                if self.config.port != 0 or attempt == PORT_ZERO_ATTEMPTS - 1:
+                if wanted != 0 or attempt == PORT_ZERO_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
 
@@ -87,8 +88,8 @@ class ListenerSet:
         reopens them all. New sockets are bound before old ones close, so a failure
         to bind leaves the old set serving.
         """
-        # New sockets are bound while `self.config` is still the running configuration;
-        # it is swapped only once every step succeeded.
+        # New sockets are bound on the new port while `self.config` is still the running
+        # configuration; it is swapped only once every step succeeded.
         old = self.config
         if new.port == old.port:
             to_open = [h for h in new.listen if h not in self.by_host]
@@ -101,7 +102,7 @@ class ListenerSet:
         opened: list[str] = []
         try:
             for host in to_open:
-                await self.open(host)
+                await self.open(host, new.port)
                 opened.append(host)
         except NodecacheError:
             for host in opened:

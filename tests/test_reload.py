@@ -108,6 +108,21 @@ async def test_reload_opens_and_closes_only_the_listeners_that_changed(upstream:
         await server.shutdown()
 
 
+async def test_a_reload_that_changes_only_the_port_moves_every_listener_to_it(upstream: FakeUpstream) -> None:
+    first = replace(make_config([f"127.0.0.1:{upstream.port}"]), port=free_port())
+    second = replace(first, port=free_port())
+    server = Server(first, lambda: second)
+    await server.startup()
+    try:
+        assert await server.reload()
+        assert server.bound == [("127.0.0.1", second.port)]
+        assert await ask_udp(second.port, query(NAME, qid=6))
+        assert await ask_udp(first.port, query(NAME, qid=7), timeout=0.5) is None
+    finally:
+        server.request_stop()
+        await server.shutdown()
+
+
 def test_watch_signature_follows_the_configmap_data_symlink(tmp_path: Path) -> None:
     mount = configmap(tmp_path, "one")
     before = watch_signature([str(mount / "Corefile"), str(mount)])
