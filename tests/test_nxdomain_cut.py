@@ -161,3 +161,26 @@ async def test_do_bit_mismatch_does_not_cut(upstream: FakeUpstream) -> None:
     assert upstream.count(GONE) == 2
     assert upstream.count("a." + GONE) == 0  # cut by the DO=1 NXDOMAIN for the AAAA query
     assert upstream.count("b." + GONE) == 0
+
+
+def _store_nxdomain(cache: ZoneCache, name: str) -> bytes:
+    from nodecache import wire
+
+    lname = name_to_wire(name)
+    r = DNSRecord.parse(nxdomain_reply("cluster.local")(DNSRecord.question(name, "A")))
+    key = lname + b"\x00\x01\x00\x01\x00"
+    cache.store(key, wire.scan_reply(bytes(r.pack()), lname, b"\x00\x01\x00\x01"), False, 1232)
+    return key
+
+
+def test_the_index_forgets_evicted_and_purged_entries() -> None:
+    now = [100.0]
+    cache = ZoneCache(CachePolicy(30, 30, 0, 4, 5), lambda: now[0])  # room for 4 denials
+    keys = [_store_nxdomain(cache, f"n{i}.svc.cluster.local.") for i in range(10)]
+    index = cache.denial.cut_index
+    assert index is not None and len(index) == len(cache.denial) == 4
+    assert cache.nxdomain_above(keys[-1][:-5] + b"\x00\x1c\x00\x01\x00", 15) is not None
+    assert cache.nxdomain_above(keys[0][:-5] + b"\x00\x1c\x00\x01\x00", 15) is None  # evicted
+    now[0] += 10**7  # past any serve-stale window
+    assert cache.purge() == 4
+    assert not index
