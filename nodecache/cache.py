@@ -13,6 +13,12 @@ Design notes:
   IPv4/IPv6) shared by every entry of the same zone, kind, rcode and qtype.
   One list add records requests, hits and responses by all the labels the
   metrics need, and the counts outlive the entries (see `ZoneCache.tally`).
+- RFC 8020 (NXDOMAIN cut): a cached plain NXDOMAIN (no answer records) also
+  answers every other type of its name and every name below it. The denial
+  LRU keeps an index from (name, class, DO/CD byte) to the key of such an
+  entry; the index holds only keys already in the LRU and loses a name when
+  its entry leaves the LRU, so it is bounded by the denial capacity. It is
+  read on a miss only (`ZoneCache.nxdomain_above`), never on a hit.
 """
 
 from __future__ import annotations
@@ -91,6 +97,20 @@ def lifetime(kind: Kind | None, scan: wire.ReplyScan, policy: CachePolicy) -> in
     if kind is Kind.SERVFAIL:
         return policy.servfail_ttl
     return 0
+
+
+def cuts_below(scan: wire.ReplyScan) -> bool:
+    """Whether this reply proves the queried name, and all below it, do not exist (RFC 8020).
+
+    Only a plain NXDOMAIN: with a CNAME chain in the answer the NXDOMAIN is
+    about the chain's target, not the queried name.
+    """
+    return scan.rcode == wire.NXDOMAIN and scan.answers == 0
+
+
+def _cut_key(key: bytes) -> bytes:
+    """The index key for a cache key: its name, class and flag byte, without the type."""
+    return key[:-5] + key[-3:]
 
 
 def _clamp(ttl: int, low: int, high: int) -> int:
@@ -277,6 +297,8 @@ class _CountingLRU(LRUCache):  # type: ignore[type-arg]
         self.evictions = 0  # every eviction, for capacity or for memory
         self.memory_evictions = 0  # those made to stay within the MemoryBudget
         self.bytes = 0
+        # For the denial LRU: _cut_key(key) -> key of a plain NXDOMAIN (see `cuts_below`).
+        self.cut_index: dict[bytes, bytes] | None = None
 
     def popitem(self) -> tuple[bytes, Entry]:
         item = super().popitem()
@@ -300,10 +322,17 @@ class _CountingLRU(LRUCache):  # type: ignore[type-arg]
         size = slot_size(key, Cache.__getitem__(self, key))
         super().__delitem__(key)
         self.bytes -= size
+        index = self.cut_index
+        if index:  # every removal (evictions too) comes through here: no index entry outlives its entry
+            ck = _cut_key(key)
+            if index.get(ck) == key:
+                del index[ck]
 
     def clear(self) -> None:
         super().clear()
         self.bytes = 0
+        if self.cut_index:
+            self.cut_index.clear()
 
     def peek(self, key: bytes) -> Entry | None:
         """The entry for `key` without marking it used (LRUCache's own reads move it to the end)."""
@@ -329,6 +358,7 @@ class ZoneCache:
         self.clock = clock
         self.success = _CountingLRU(max(policy.success_capacity, 1))
         self.denial = _CountingLRU(max(policy.denial_capacity, 1))
+        self.denial.cut_index = {}
         # (kind, rcode, qtype) -> hits by how they arrived; see the module notes.
         self.tallies: dict[tuple[Kind, int, int], Tally] = {}
         self.budget: MemoryBudget | None = None  # set by MemoryBudget.attach
@@ -364,6 +394,9 @@ class ZoneCache:
 
     def store(self, key: bytes, scan: wire.ReplyScan, do: bool, payload: int) -> Entry:
         """Make the entry for an upstream reply and keep it if the rules allow."""
+        cut = cuts_below(scan)
+        if cut:  # replayed after other questions too: its names must not point into this one
+            scan = wire.uncompressed(scan, key[:-5], key[-5:-1])
         kind = classify(scan)
         now = self.clock()
         ttl = lifetime(kind, scan, self.policy)
@@ -384,7 +417,38 @@ class ZoneCache:
             return entry  # never hide a good answer, fresh or still servable stale, behind a failure
         if p.denial_capacity > 0:
             self._put(self.denial, key, entry)
+            index = self.denial.cut_index
+            assert index is not None
+            ck = _cut_key(key)
+            if cut:
+                index[ck] = key
+            elif index.get(ck) == key:  # a failure replaced the NXDOMAIN that was indexed
+                del index[ck]
         return entry
+
+    def nxdomain_above(self, key: bytes, apex_len: int) -> Entry | None:
+        """A fresh plain NXDOMAIN for the name of `key` or a name above it, below the apex (RFC 8020).
+
+        `key` is a cache key (lowercased wire name, type, class, flag byte);
+        `apex_len` is the wire length of the zone's apex, which is never cut:
+        only names strictly below it are looked up. The entry must have been
+        cached with the same class and DO/CD flags as the query. Miss path only.
+        """
+        index = self.denial.cut_index
+        if not index:
+            return None
+        tail = key[-3:]
+        name_end = len(key) - 5
+        now = self.clock()
+        i = 0
+        while name_end - i > apex_len:
+            found = index.get(key[i:name_end] + tail)
+            if found is not None:
+                entry = self.denial.peek(found)
+                if entry is not None and now < entry.expires:
+                    return entry
+            i += key[i] + 1
+        return None
 
     def _worth_keeping(self, key: bytes, now: float) -> bool:
         """An answer or denial for `key` that is fresh, or may still be served stale (RFC 8767)."""

@@ -209,6 +209,12 @@ class AgentCollector(Collector):
             "Queries that waited for an identical query already sent upstream instead of sending their own.",
             labels=["zone"],
         )
+        nxcut = CounterMetricFamily(
+            "nodecache_cache_nxdomain_cut_total",
+            "Queries answered NXDOMAIN from a cached NXDOMAIN of the same name (another type) or of a name above it "
+            "(RFC 8020); also counted in coredns_cache_hits_total.",
+            labels=["zone"],
+        )
         early = CounterMetricFamily(
             "nodecache_early_answers_total",
             "Misses answered stale or SERVFAIL without waiting for the upstream, by why: the answer deadline passed, "
@@ -235,6 +241,7 @@ class AgentCollector(Collector):
             inflight.add_metric([z.name], fwd.inflight)
             overload.add_metric([z.name], z.stats.overloaded)
             coalesced.add_metric([z.name], z.stats.coalesced)
+            nxcut.add_metric([z.name], z.stats.nxdomain_cut)
             for u in fwd.upstreams:
                 to = str(u.address)
                 probes[to] = probes.get(to, 0) + u.healthcheck_failures
@@ -272,7 +279,7 @@ class AgentCollector(Collector):
             "Counter of the number of queries rejected because the concurrent queries were at maximum.",
             value=rejects,
         )
-        yield from (inflight, overload, coalesced, up_gauge, early, retries, waiting)
+        yield from (inflight, overload, coalesced, nxcut, up_gauge, early, retries, waiting)
 
     def _agent(self) -> Iterator[Metric]:
         errors = CounterMetricFamily(

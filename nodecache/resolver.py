@@ -86,6 +86,7 @@ class ZoneStats:
     deadline: int = 0  # client queries answered (stale or SERVFAIL) at the answer deadline
     fast_failed: int = 0  # misses answered at once because every upstream was marked down
     waiters_refused: int = 0  # SERVFAIL at once: too many clients already waiting (--max-waiting*)
+    nxdomain_cut: int = 0  # misses answered from a cached NXDOMAIN of the name or a parent (RFC 8020)
     prefetches: int = 0  # refreshes started before expiry (prefetch is not implemented yet)
     rcodes: dict[int, int] = field(default_factory=dict)  # upstream replies by rcode
     requests: dict[int, int] = field(default_factory=dict)
@@ -114,6 +115,7 @@ class ZoneRuntime:
     def __init__(self, zone: Zone, clock: Callable[[], float]) -> None:
         self.zone = zone
         self.name = zone.name
+        self.wire = name_to_wire(zone.name)  # lowercased apex, for the NXDOMAIN cut
         self.forward_tcp = zone.forward.force_tcp
         self.cache = ZoneCache(zone.cache, clock)
         self.forwarder = Forwarder(zone.forward)
@@ -386,6 +388,8 @@ class Resolver:
             deliver(token, wire.error_reply(data, wire.REFUSED, q.qend, q.edns, q.do, self._udp_cap), "refused")
             return
         stats = zone.stats
+        if self._nxdomain_cut(zone, data, q, via, deliver, token):
+            return
         stats.misses += 1
         kind = counted_type(q.key[-5] << 8 | q.key[-4]) << 2 | via  # bounded keys: see counters.COUNTED_TYPES
         stats.requests[kind] = stats.requests.get(kind, 0) + 1
@@ -413,6 +417,22 @@ class Resolver:
         self.waiting += 1
         if flight.timer is None:
             flight.timer = asyncio.get_running_loop().call_later(self._deadline, self._deadline_passed, flight)
+
+    def _nxdomain_cut(self, zone: ZoneRuntime, data: bytes, q: wire.Query, via: int, deliver: Deliver, token: Any) -> bool:
+        """Answer from a cached NXDOMAIN of this name or one above it (RFC 8020); True if answered.
+
+        Counted as a hit of that entry (coredns_cache_hits_total) and in the
+        zone's `nxdomain_cut`. The entry's body does not depend on the
+        question, so it renders for this client's question as is.
+        """
+        entry = zone.cache.nxdomain_above(q.key, len(zone.wire))
+        if entry is None:
+            return False
+        zone.stats.nxdomain_cut += 1
+        entry.tally[via] += 1
+        limit = TCP_LIMIT if via & 1 else min(q.payload, self._udp_cap)
+        deliver(token, entry.reply(data, q.qend, q.edns, limit, self.clock()), "hit")
+        return True
 
     def _stale(self, zone: ZoneRuntime, key: bytes) -> Entry | None:
         """The entry for `key` if it may be served stale now (expired, within its stale window)."""

@@ -52,6 +52,7 @@ def _zone(z: ZoneRuntime) -> dict[str, Any]:
         "stale_served": s.stale,
         "prefetches": s.prefetches,
         "coalesced": s.coalesced,
+        "nxdomain_cut": s.nxdomain_cut,  # misses answered from a parent's cached NXDOMAIN (RFC 8020), also in hits
         "servfail": s.servfail,
         "overload_refused": s.overloaded,
         "upstream_inflight": z.forwarder.inflight,
@@ -123,6 +124,7 @@ def report(
             "stale_served": sum(z["stale_served"] for z in zones),
             "prefetches": sum(z["prefetches"] for z in zones),
             "coalesced": sum(z["coalesced"] for z in zones),
+            "nxdomain_cut": sum(z["nxdomain_cut"] for z in zones),
         },
         "misses": {
             "waiting_now": resolver.waiting,
@@ -216,7 +218,7 @@ def render(r: dict[str, Any]) -> str:
         f"{c['entries']['denial']} denial / {c['capacity']['denial']}, {_memory(c)}",
         f"events      {c['evictions']} evictions ({c.get('memory_evictions', 0)} for memory), "
         f"{c['stale_served']} stale served, {c['prefetches']} prefetches, "
-        f"{c['coalesced']} coalesced",
+        f"{c['coalesced']} coalesced, {c.get('nxdomain_cut', 0)} NXDOMAIN cuts",
         f"rejected    {q['refused_no_zone']} outside every zone, {q['malformed']} malformed, {q['dropped']} dropped, "
         f"{q.get('zone_transfer_refused', 0)} zone transfers",
         f"misses      {r['misses']['waiting_now']} waiting now; answered early (stale or SERVFAIL): "

@@ -14,7 +14,7 @@ Layout reminders (RFC 1035 4.1): a 12-byte header (ID, two flag bytes, four
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 HEADER_LEN = 12
@@ -418,6 +418,73 @@ def with_ttls(body: bytes, offsets: list[int], ttls: list[int], elapsed: int) ->
             t = 0
         out[off : off + 4] = t.to_bytes(4, "big")
     return bytes(out)
+
+
+# Types whose RDATA may carry compressed names (RFC 1035 3.3; RFC 3597 4 forbids it for later types),
+# mapped to the bytes of fixed data before their first name and how many names follow.
+_COMPRESSIBLE_RDATA = {2: (0, 1), 3: (0, 1), 4: (0, 1), 5: (0, 1), 6: (0, 2), 7: (0, 1), 8: (0, 1),
+                       9: (0, 1), 12: (0, 1), 14: (0, 2), 15: (2, 1)}  # fmt: skip
+
+
+def _expand_name(msg: bytes, i: int) -> tuple[bytes, int]:
+    """The name at `i` with every compression pointer followed, and the offset just past it in place."""
+    out = bytearray()
+    end = -1
+    for _ in range(256):  # bounds pointer loops
+        if i >= len(msg):
+            raise Malformed("name runs past the end")
+        length = msg[i]
+        if length & 0xC0 == 0xC0:
+            if i + 1 >= len(msg):
+                raise Malformed("cut compression pointer")
+            if end < 0:
+                end = i + 2
+            i = (length & 0x3F) << 8 | msg[i + 1]
+            continue
+        out += msg[i : i + length + 1]
+        if length == 0:
+            return bytes(out), (end if end >= 0 else i + 1)
+        i += length + 1
+    raise Malformed("compression pointer loop")
+
+
+def uncompressed(scan: ReplyScan, lname: bytes, qtc: bytes) -> ReplyScan:
+    """`scan` with every name in its body written out: a body that reads the same after any question.
+
+    Compression pointers are absolute offsets into the upstream message, so a
+    compressed body only fits after the question it came with. The RFC 8020
+    cut replays a body after other questions; the question is taken as
+    `lname` (lowercase), which is what the reply's question matched.
+    """
+    qend = HEADER_LEN + len(lname) + len(qtc)
+    msg = bytes(HEADER_LEN) + lname + qtc + scan.body
+    out = bytearray()
+    offsets: list[int] = []
+    i = qend
+    for _ in range(scan.answers + scan.authority + scan.additional):
+        owner, j = _expand_name(msg, i)
+        if j + 10 > len(msg):
+            raise Malformed("record header runs past the end")
+        rtype = msg[j] << 8 | msg[j + 1]
+        rd_start = j + 10
+        rd_end = rd_start + (msg[j + 8] << 8 | msg[j + 9])
+        if rd_end > len(msg):
+            raise Malformed("record data runs past the end")
+        rdata = msg[rd_start:rd_end]
+        shape = _COMPRESSIBLE_RDATA.get(rtype)
+        if shape is not None:
+            fixed, names = shape
+            k = rd_start + fixed
+            parts = [msg[rd_start:k]]
+            for _n in range(names):
+                name, k = _expand_name(msg, k)
+                parts.append(name)
+            rdata = b"".join(parts) + msg[k:rd_end]
+        out += owner + msg[j : j + 4]
+        offsets.append(len(out))
+        out += msg[j + 4 : j + 8] + len(rdata).to_bytes(2, "big") + rdata
+        i = rd_end
+    return replace(scan, body=bytes(out), ttl_offsets=offsets)
 
 
 def reply_id(msg: bytes) -> int:
