@@ -396,7 +396,10 @@ class ZoneCache:
         """Make the entry for an upstream reply and keep it if the rules allow."""
         cut = cuts_below(scan)
         if cut:  # replayed after other questions too: its names must not point into this one
-            scan = wire.uncompressed(scan, key[:-5], key[-5:-1])
+            try:
+                scan = wire.uncompressed(scan, key[:-5], key[-5:-1])
+            except wire.Malformed:
+                cut = False  # a name it cannot follow: cached for its own question only
         kind = classify(scan)
         now = self.clock()
         ttl = lifetime(kind, scan, self.policy)

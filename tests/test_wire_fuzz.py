@@ -358,3 +358,34 @@ def test_truncated_replies_parse_fit_and_keep_whole_records(
     # Asking again, and with other limits in between, gives the same bytes (the memoised cut).
     render(limit + 100)
     assert render(limit) == out
+
+
+@SMALL
+@given(mutated(valid_reply(2)) | mutated(valid_reply(0)))
+def test_uncompressed_takes_any_scanned_reply(data: bytes) -> None:
+    """Whatever scan_reply accepts, uncompressed either refuses (Malformed) or writes a body without pointers."""
+    lname, qtc = wire.scan_query(valid_query()).lname, b"\x00\x01\x00\x01"
+    scan = only_malformed(wire.scan_reply, data, lname, qtc)
+    if isinstance(scan, wire.Malformed):
+        return
+    out = only_malformed(wire.uncompressed, scan, lname, qtc)
+    if isinstance(out, wire.Malformed):
+        return
+    assert len(out.ttl_offsets) == len(scan.ttl_offsets)
+
+
+@SMALL
+@given(names, st.integers(1, 300), st.integers(0, 300))
+def test_an_uncompressed_nxdomain_reads_the_same_after_another_question(name: str, soa_ttl: int, minimum: int) -> None:
+    """The RFC 8020 cut replays the body after other questions: its records must not change."""
+    zone = "example.com."
+    msg = reply("nx." + zone, rcode=3, authority=[soa(zone, soa_ttl, minimum)])
+    q = wire.scan_query(query("nx." + zone))
+    qtc = q.key[len(q.lname) : len(q.lname) + 4]
+    body = wire.uncompressed(wire.scan_reply(msg, q.lname, qtc), q.lname, qtc).body
+    other = query(name + "nx." + zone if name != "." else "a.nx." + zone, 28, edns=None)
+    o = wire.scan_query(other)
+    head = other[:2] + bytes((0x81, 0x83, 0, 1, 0, 0, 0, 1, 0, 0))
+    rec = parse(head + other[12 : o.qend] + body)
+    assert [(str(r.rname), r.ttl) for r in rec.auth] == [(zone, soa_ttl)]
+    assert str(rec.auth[0].rdata.mname) == str(DNSRecord.parse(msg).auth[0].rdata.mname)
