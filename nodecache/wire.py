@@ -462,14 +462,9 @@ def uncompressed(scan: ReplyScan, lname: bytes, qtc: bytes) -> ReplyScan:
     offsets: list[int] = []
     i = qend
     for _ in range(scan.answers + scan.authority + scan.additional):
-        owner, j = _expand_name(msg, i)
-        if j + 10 > len(msg):
-            raise Malformed("record header runs past the end")
-        rtype = msg[j] << 8 | msg[j + 1]
-        rd_start = j + 10
-        rd_end = rd_start + (msg[j + 8] << 8 | msg[j + 9])
-        if rd_end > len(msg):
-            raise Malformed("record data runs past the end")
+        owner = _expand_name(msg, i)[0]
+        rtype, ttl_at, rd_start, rd_end = _rr(msg, i)
+        j = ttl_at - 4  # the record's type field, just past its owner name
         rdata = msg[rd_start:rd_end]
         shape = _COMPRESSIBLE_RDATA.get(rtype)
         if shape is not None:
