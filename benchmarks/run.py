@@ -100,6 +100,37 @@ class Nodecache(Contender):
             return "unknown"
 
 
+class NodecacheUdp(Nodecache):
+    """The agent with the cluster zone forwarded over UDP, a per-zone Corefile choice (no force_tcp).
+
+    Not run by default; ask for it with `--only nodecache-udp`.
+    """
+
+    name = "nodecache-udp"
+
+    def command(self, slot: Slot) -> list[str]:
+        argv = super().command(slot)
+        corefile = slot.workdir / "Corefile"
+        corefile.write_text(f"""\
+{bl.CLUSTER_DOMAIN}:{slot.port} {{
+    bind {bl.LOCALHOST}
+    cache {{
+        success 9984 30
+        denial 9984 5
+    }}
+    forward . {bl.LOCALHOST}:{slot.upstream_port}
+}}
+.:{slot.port} {{
+    bind {bl.LOCALHOST}
+    cache 30
+    forward . {bl.LOCALHOST}:{slot.upstream_port}
+}}
+""")
+        cut = argv.index("--upstream")  # the Corefile defines the zones: --config refuses the zone flags
+        del argv[cut:cut + 2]
+        return [*argv, "--config", str(corefile)]
+
+
 class Dnsmasq(Contender):
     """dnsmasq as a pure cache: no resolv.conf, no hosts, no DHCP, one upstream."""
 
@@ -168,7 +199,8 @@ forward-zone:
         return bl.tool_version([bl.find_program("unbound"), "-V"])
 
 
-CONTENDERS: dict[str, type[Contender]] = {c.name: c for c in (Nodecache, Dnsmasq, Unbound)}
+CONTENDERS: dict[str, type[Contender]] = {c.name: c for c in (Nodecache, Dnsmasq, Unbound, NodecacheUdp)}
+DEFAULT_CONTENDERS = (Nodecache.name, Dnsmasq.name, Unbound.name)
 
 
 # --------------------------------------------------------------------------
@@ -228,7 +260,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    names = args.only or list(CONTENDERS)
+    names = args.only or list(DEFAULT_CONTENDERS)
     workloads = list(WORKLOADS) if args.workload == "all" else [args.workload]
     opts = bl.DnsperfOptions(args.clients, args.outstanding, args.timeout)
     miss_names = args.miss_names or max(300_000, int(100_000 * args.duration))
@@ -276,7 +308,7 @@ def bench(args: argparse.Namespace, names: list[str], workloads: list[str], opts
 
         for name in names:
             slot = Slot(workdir / name, bl.free_port(), upstream.port, server_cpu,
-                        extra if name == NODECACHE else [])
+                        extra if name.startswith(NODECACHE) else [])
             slot.workdir.mkdir()
             r = Running(CONTENDERS[name](), slot)
             running.append(r)

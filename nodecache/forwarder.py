@@ -22,6 +22,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from nodecache import wire
@@ -40,6 +41,14 @@ MAX_OPEN_TRIES = 2
 # this agent saturated), early retries stop instead of doubling the load that made them slow.
 RETRY_BUDGET_RATIO = 0.1
 RETRY_BUDGET_MAX = 20.0
+
+
+# How an exchange ends: done((reply, its scan, the server that sent it), None) or done(None, the error).
+Result = tuple[bytes, wire.ReplyScan, Upstream]
+Done = Callable[[Result | None, BaseException | None], None]
+
+
+_clock = time.monotonic  # not loop.time(): uvloop's counts whole milliseconds, and round trips here are less
 
 
 class Overloaded(UpstreamError):
@@ -66,6 +75,10 @@ class Forwarder:
     def order(self) -> list[Upstream]:
         """Servers in the order to try them: by policy, healthy ones first."""
         ups = self.active
+        if len(ups) == 1:  # the cluster DNS Service: nothing to choose
+            if ups[0].down:
+                self.all_down += 1
+            return ups
         if self.policy.policy == "random":
             ups = self._rng.sample(ups, len(ups))
         elif self.policy.policy == "round_robin":
@@ -77,8 +90,11 @@ class Forwarder:
             self.all_down += 1
         return ordered
 
-    async def query(self, lname: bytes, qtc: bytes, do: bool, cd: bool) -> tuple[bytes, wire.ReplyScan, Upstream]:
-        """Ask until one server gives a usable reply; raise UpstreamError if none does."""
+    def fetch(self, lname: bytes, qtc: bytes, do: bool, cd: bool, done: Done) -> Exchange:
+        """Start asking; `done(result, exc)` is called once, later, never from within this call.
+
+        Raises UpstreamError at once (Overloaded beyond `max_concurrent`) when no query may go out.
+        """
         if not self.active:
             raise UpstreamError("every upstream of this zone forwards back to this agent (loop detected); fix them and restart")
         if self.inflight >= self.policy.max_concurrent:
@@ -95,90 +111,33 @@ class Forwarder:
         def check(msg: bytes) -> wire.ReplyScan:
             return wire.scan_reply(msg, lname, qtc)
 
-        self.inflight += 1
+        return Exchange(self, build, check, plain, done)
+
+    async def query(self, lname: bytes, qtc: bytes, do: bool, cd: bool) -> tuple[bytes, wire.ReplyScan, Upstream]:
+        """`fetch`, awaited: ask until one server gives a usable reply; raise UpstreamError if none does."""
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+
+        def done(result: Result | None, exc: BaseException | None) -> None:
+            if fut.done():
+                return
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)  # type: ignore[arg-type]
+
+        exchange = self.fetch(lname, qtc, do, cd, done)
         try:
-            return await self._try_in_turn(build, check, plain)
+            return await fut
         finally:
-            self.inflight -= 1
+            exchange.cancel()  # no-op once finished
 
     @property
     def unreachable(self) -> bool:
         """Every server queries may go to is marked down: answer from the cache or fail at once."""
-        return bool(self.active) and all(u.down for u in self.active)
-
-    async def _try_in_turn(
-        self, build: Build, check: Check, plain: Build | None = None
-    ) -> tuple[bytes, wire.ReplyScan, Upstream]:
-        """Send tries until one gives a usable reply, keeping earlier tries open (see the module notes).
-
-        `plain` builds the query without EDNS, for a server that answers FORMERR to ours (RFC 6891 7).
-        """
-        p = self.policy
-        clock = time.monotonic  # not loop.time(): uvloop's counts whole milliseconds, and round trips here are less
-        now = clock()
-        end = now + p.timeout
-        order = self.order()
-        # future -> (server, sent at, over TCP, how the query was built)
-        tries: dict[asyncio.Future[Answer], tuple[Upstream, float, bool, Build]] = {}
-        used: set[Any] = set()  # TCP connections this query went out on: a retry takes another one
-        errors: list[str] = []
-        sent = 0
-        next_try = now
-        self._retry_budget = min(self._retry_budget + RETRY_BUDGET_RATIO, RETRY_BUDGET_MAX)
-        backoff = 1.0  # each early retry waits twice as long as the one before (RFC 6298 5.5)
-        try:
-            while True:
-                if tries and now >= next_try and self._retry_budget < 1:
-                    next_try = end  # no early retry now: the open try runs to its own timeout
-                if now >= next_try and sent < MAX_TRIES and now < end and len(tries) < MAX_OPEN_TRIES:
-                    up = order[sent % len(order)]
-                    if tries:
-                        up.retries += 1
-                        self._retry_budget -= 1
-                    sent += 1
-                    up.queries += 1
-                    tries[up.start(build, check, p.force_tcp, used)] = (up, now, p.force_tcp, build)
-                    next_try = now + min(up.rtt.timeout(p.try_timeout) * backoff, p.try_timeout)
-                    backoff *= 2
-                if not tries:
-                    break
-                wake = min(end, *(t[1] + p.try_timeout for t in tries.values()))
-                if sent < MAX_TRIES and len(tries) < MAX_OPEN_TRIES:
-                    wake = min(wake, next_try)
-                done, _ = await asyncio.wait(tries, timeout=max(wake - now, 0.0), return_when=asyncio.FIRST_COMPLETED)
-                now = clock()
-                for fut in done:
-                    up, started, tcp, built = tries.pop(fut)
-                    exc = fut.exception()
-                    if exc is not None:
-                        up.failed()
-                        errors.append(str(exc))
-                        next_try = now  # that one is over: the next goes out now
-                        continue
-                    msg, scan = fut.result()
-                    if scan.rcode == wire.FORMERR and plain is not None and built is not plain:
-                        # RFC 6891 7: FORMERR to an EDNS query may mean no EDNS; ask the same server without it.
-                        tries[up.start(plain, check, tcp, used)] = (up, now, tcp, plain)
-                        continue
-                    if scan.flags & (wire.TC << 8) and not tcp:
-                        # Truncated over UDP: the same server over TCP gives the whole answer.
-                        tries[up.start(built, check, True, used)] = (up, now, True, built)
-                        continue
-                    up.succeeded(now - started, scan.rcode)
-                    return msg, scan, up
-                for fut, (up, started, _tcp, _built) in list(tries.items()):
-                    if now >= started + p.try_timeout or now >= end:
-                        del tries[fut]
-                        fut.cancel()
-                        up.failed()
-                        errors.append(f"{up.address} did not answer within {min(p.try_timeout, now - started):.2g}s")
-                        next_try = min(next_try, now)  # that one is over: the next goes out now
-                if now >= end:
-                    break
-        finally:
-            for fut in tries:
-                fut.cancel()
-        raise UpstreamError("; ".join(dict.fromkeys(errors)) or "no time left to ask an upstream")
+        for u in self.active:
+            if not u.down:
+                return False
+        return bool(self.active)
 
     def exclude(self, up: Upstream) -> None:
         """Never ask `up` again: it forwards our queries back to us (see Resolver.check_loops).
@@ -191,3 +150,135 @@ class Forwarder:
     def close(self) -> None:
         for up in self.upstreams:
             up.close()
+
+
+class Exchange:
+    """One query's tries at a zone's upstreams, driven by callbacks: no Task, no asyncio.wait.
+
+    A try is a Future from `Upstream.start`; its done callback moves the exchange
+    on. One loop timer (re-armed as things change) wakes it for the next early
+    retry, a try's timeout, or the overall deadline. See the module notes for
+    the policy: at most MAX_OPEN_TRIES open at once, early retries on a budget,
+    each waiting twice as long as the one before.
+    """
+
+    __slots__ = ("fw", "build", "check", "plain", "done", "order", "tries", "used", "errors", "sent", "next_try",
+                 "end", "backoff", "timer", "finished")  # fmt: skip
+
+    def __init__(self, fw: Forwarder, build: Build, check: Check, plain: Build | None, done: Done) -> None:
+        self.fw = fw
+        self.build = build
+        self.check = check
+        self.plain = plain  # builds the query without EDNS, for a server that answers FORMERR to ours (RFC 6891 7)
+        self.done = done
+        now = _clock()
+        self.end = now + fw.policy.timeout
+        self.order = fw.order()
+        # future -> (server, sent at, over TCP, how the query was built)
+        self.tries: dict[asyncio.Future[Answer], tuple[Upstream, float, bool, Build]] = {}
+        self.used: set[Any] = set()  # TCP connections this query went out on: a retry takes another one
+        self.errors: list[str] = []
+        self.sent = 0
+        self.next_try = now
+        self.backoff = 1.0  # each early retry waits twice as long as the one before (RFC 6298 5.5)
+        self.timer: asyncio.TimerHandle | None = None
+        self.finished = False
+        fw.inflight += 1
+        fw._retry_budget = min(fw._retry_budget + RETRY_BUDGET_RATIO, RETRY_BUDGET_MAX)
+        self._advance(now)
+
+    def _send(self, up: Upstream, build: Build, tcp: bool, now: float) -> None:
+        fut = up.start(build, self.check, tcp, self.used)
+        self.tries[fut] = (up, now, tcp, build)
+        fut.add_done_callback(self._try_done)
+
+    def _advance(self, now: float) -> None:
+        """Send the next try if one is due, then sleep until the next thing that can happen."""
+        fw, p, tries = self.fw, self.fw.policy, self.tries
+        if tries and now >= self.next_try and fw._retry_budget < 1:
+            self.next_try = self.end  # no early retry now: the open try runs to its own timeout
+        if now >= self.next_try and self.sent < MAX_TRIES and now < self.end and len(tries) < MAX_OPEN_TRIES:
+            up = self.order[self.sent % len(self.order)]
+            if tries:
+                up.retries += 1
+                fw._retry_budget -= 1
+            self.sent += 1
+            up.queries += 1
+            self._send(up, self.build, p.force_tcp, now)
+            self.next_try = now + min(up.rtt.timeout(p.try_timeout) * self.backoff, p.try_timeout)
+            self.backoff *= 2
+        if not tries:
+            return self._fail()
+        wake = self.end
+        for t in tries.values():
+            if t[1] + p.try_timeout < wake:
+                wake = t[1] + p.try_timeout
+        if self.sent < MAX_TRIES and len(tries) < MAX_OPEN_TRIES and self.next_try < wake:
+            wake = self.next_try
+        if self.timer is not None:
+            self.timer.cancel()
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_at(loop.time() + max(wake - now, 0.0), self._woken)
+
+    def _woken(self) -> None:
+        """A timer: give up on tries past their timeout (or the deadline), then go on."""
+        self.timer = None
+        if self.finished:
+            return
+        now = _clock()
+        p = self.fw.policy
+        for fut, (up, started, _tcp, _built) in list(self.tries.items()):
+            if now >= started + p.try_timeout or now >= self.end:
+                del self.tries[fut]
+                fut.cancel()
+                up.failed()
+                self.errors.append(f"{up.address} did not answer within {min(p.try_timeout, now - started):.2g}s")
+                self.next_try = min(self.next_try, now)  # that one is over: the next goes out now
+        if now >= self.end:
+            return self._fail()
+        self._advance(now)
+
+    def _try_done(self, fut: asyncio.Future[Answer]) -> None:
+        """A try answered or failed (a try we cancelled ourselves is no longer in `tries`)."""
+        t = self.tries.pop(fut, None)
+        if t is None or self.finished:
+            return
+        up, started, tcp, built = t
+        now = _clock()
+        exc = fut.exception()
+        if exc is not None:
+            up.failed()
+            self.errors.append(str(exc))
+            self.next_try = now  # that one is over: the next goes out now
+            return self._advance(now)
+        msg, scan = fut.result()
+        if scan.rcode == wire.FORMERR and self.plain is not None and built is not self.plain:
+            # RFC 6891 7: FORMERR to an EDNS query may mean no EDNS; ask the same server without it.
+            self._send(up, self.plain, tcp, now)
+            return self._advance(now)
+        if scan.flags & (wire.TC << 8) and not tcp:
+            # Truncated over UDP: the same server over TCP gives the whole answer.
+            self._send(up, built, True, now)
+            return self._advance(now)
+        up.succeeded(now - started, scan.rcode)
+        self._finish((msg, scan, up), None)
+
+    def _fail(self) -> None:
+        self._finish(None, UpstreamError("; ".join(dict.fromkeys(self.errors)) or "no time left to ask an upstream"))
+
+    def _finish(self, result: Result | None, exc: BaseException | None) -> None:
+        self.cancel()
+        self.done(result, exc)
+
+    def cancel(self) -> None:
+        """Stop: close the open tries and the timer; `done` is not called (unless `_finish` does)."""
+        if self.finished:
+            return
+        self.finished = True
+        self.fw.inflight -= 1
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        tries, self.tries = self.tries, {}
+        for fut in tries:
+            fut.cancel()

@@ -34,7 +34,7 @@ from nodecache.cache import Entry, Kind, MemoryBudget, ZoneCache
 from nodecache.config import STALE_REPLY_TTL, UPSTREAM_UDP_PAYLOAD, CachePolicy, Config, Zone
 from nodecache.counters import Activity, Histogram, counted_rcode, counted_type
 from nodecache.errors import UpstreamError
-from nodecache.forwarder import Forwarder, Overloaded
+from nodecache.forwarder import Exchange, Forwarder, Overloaded, Result
 from nodecache.logs import QueryLog, Throttle
 from nodecache.names import at_or_below, name_to_wire
 from nodecache.upstream import Upstream
@@ -99,14 +99,14 @@ class ZoneStats:
 class Flight:
     """One upstream query in flight for a cache key, and the clients waiting on it."""
 
-    __slots__ = ("zone", "key", "waiters", "timer", "task")
+    __slots__ = ("zone", "key", "waiters", "timer", "exchange")
 
     def __init__(self, zone: ZoneRuntime, q: wire.Query) -> None:
         self.zone = zone
         self.key = q.key
         self.waiters: deque[Waiter] = deque()
         self.timer: asyncio.TimerHandle | None = None
-        self.task: asyncio.Task[Entry] | None = None
+        self.exchange: Exchange | None = None  # the forwarder's tries; None until started, or for LocalAnswers
 
 
 class ZoneRuntime:
@@ -145,9 +145,10 @@ class LocalAnswers:
     unreachable = False
     upstreams: list[object] = []
 
-    async def query(self, lname: bytes, qtc: bytes, do: bool, cd: bool) -> tuple[bytes, wire.ReplyScan, None]:
+    def fetch(self, lname: bytes, qtc: bytes, do: bool, cd: bool, done: Callable[..., None]) -> None:
+        """As Forwarder.fetch: `done` is called later, with the answer made here."""
         msg = self.reply(lname, qtc)
-        return msg, wire.scan_reply(msg, lname, qtc), None
+        asyncio.get_running_loop().call_soon(done, (msg, wire.scan_reply(msg, lname, qtc), None), None)
 
     @staticmethod
     def reply(lname: bytes, qtc: bytes) -> bytes:
@@ -405,12 +406,14 @@ class Resolver:
                 return self._over_cap(zone, (data, q, via, 0.0, deliver, token, started))
             flight = Flight(zone, q)
             self._inflight[q.key] = flight
-            flight.task = asyncio.get_running_loop().create_task(self._fetch(zone, q))
-            flight.task.add_done_callback(functools.partial(self._landed, flight))
-            if stale:  # serve_stale immediate: answer now, the refresh just started goes on alone
-                return self._fall_back(zone, (data, q, via, 0.0, deliver, token, started))
-        else:
-            stats.coalesced += 1
+            if stale:  # serve_stale immediate: answer now, the refresh goes on alone
+                self._fall_back(zone, (data, q, via, 0.0, deliver, token, started))
+                return self._fetch(flight, q)
+            flight.waiters.append((data, q, via, self.clock() + self._deadline, deliver, token, started))
+            self.waiting += 1
+            flight.timer = asyncio.get_running_loop().call_later(self._deadline, self._deadline_passed, flight)
+            return self._fetch(flight, q)  # may answer that waiter at once (no upstream may be asked)
+        stats.coalesced += 1
         if self.waiting >= self._max_waiting or len(flight.waiters) >= self._max_per_name:
             return self._over_cap(zone, (data, q, via, 0.0, deliver, token, started))
         flight.waiters.append((data, q, via, self.clock() + self._deadline, deliver, token, started))
@@ -480,7 +483,33 @@ class Resolver:
             delay = max(waiters[0][3] - now, 0.0)
             flight.timer = asyncio.get_running_loop().call_later(delay, self._deadline_passed, flight)
 
-    def _landed(self, flight: Flight, task: asyncio.Task[Entry]) -> None:
+    def _fetch(self, flight: Flight, q: wire.Query) -> None:
+        """Ask the zone's upstreams for `flight`'s key: no Task, the forwarder calls `_fetched` back."""
+        zone = flight.zone
+        qtc = q.key[len(q.lname) : len(q.lname) + 4]
+        done = functools.partial(self._fetched, flight, q.do)
+        try:
+            flight.exchange = zone.forwarder.fetch(q.lname, qtc, q.do, bool(q.key[-1] & wire.KEY_CD), done)
+        except UpstreamError as exc:  # nothing went out (max_concurrent, every upstream excluded)
+            done(None, exc)
+
+    def _fetched(self, flight: Flight, do: bool, result: Result | None, exc: BaseException | None) -> None:
+        """The forwarder's answer (or failure) for `flight`: store what is cacheable, then answer the waiters."""
+        zone = flight.zone
+        if result is None:
+            if isinstance(exc, UpstreamError) and not isinstance(exc, Overloaded):
+                zone.warn_failure(exc, self.clock())
+            return self._landed(flight, None, exc)
+        try:
+            scan = result[1]
+            rcode = counted_rcode(scan.rcode)
+            zone.stats.rcodes[rcode] = zone.stats.rcodes.get(rcode, 0) + 1
+            entry = zone.cache.store(flight.key, scan, do, self._udp_cap)
+        except Exception as err:  # a bug, not the upstream's fault: the waiters still get an answer
+            return self._landed(flight, None, err)
+        self._landed(flight, entry, None)
+
+    def _landed(self, flight: Flight, entry: Entry | None, exc: BaseException | None) -> None:
         """The upstream answered (or failed): answer every waiter; the next miss asks again."""
         if self._inflight.get(flight.key) is flight:
             del self._inflight[flight.key]
@@ -489,11 +518,10 @@ class Resolver:
         waiters, flight.waiters = flight.waiters, deque()
         self.waiting -= len(waiters)
         zone = flight.zone
-        if task.cancelled():
+        if isinstance(exc, asyncio.CancelledError):  # the resolver is closing
             for w in waiters:
                 self._finish(zone, w, _servfail(w[0], w[1], self._udp_cap), "miss", "")
             return
-        exc = task.exception()
         if isinstance(exc, Overloaded):
             zone.stats.overloaded += len(waiters)
             for w in waiters:
@@ -503,11 +531,10 @@ class Resolver:
             return
         if exc is not None and not isinstance(exc, UpstreamError):
             log.error("zone %s: resolving failed unexpectedly", zone.name, exc_info=exc)
-        if exc is not None:
+        if entry is None:
             for w in waiters:  # no answer: stale or SERVFAIL
                 self._fall_back(zone, w)
             return
-        entry = task.result()
         # The upstream's own SERVFAIL goes out only when no stale answer can (RFC 8767).
         stale = self._stale(zone, flight.key) if entry.kind is Kind.SERVFAIL else None
         now = self.clock()
@@ -518,20 +545,6 @@ class Resolver:
             data, q, via = w[0], w[1], w[2]
             limit = TCP_LIMIT if via & 1 else (q.payload if q.payload < self._udp_cap else self._udp_cap)
             self._finish(zone, w, entry.reply(data, q.qend, q.edns, limit, now), "miss", "forward")
-
-    async def _fetch(self, zone: ZoneRuntime, q: wire.Query) -> Entry:
-        """Ask the zone's upstreams and store what they say (when cacheable)."""
-        qtc = q.key[len(q.lname) : len(q.lname) + 4]
-        cd = bool(q.key[-1] & wire.KEY_CD)
-        try:
-            _msg, scan, _up = await zone.forwarder.query(q.lname, qtc, q.do, cd)
-        except UpstreamError as exc:
-            if not isinstance(exc, Overloaded):
-                zone.warn_failure(exc, self.clock())
-            raise
-        rcode = counted_rcode(scan.rcode)
-        zone.stats.rcodes[rcode] = zone.stats.rcodes.get(rcode, 0) + 1
-        return zone.cache.store(q.key, scan, q.do, self._udp_cap)
 
     async def drain(self, timeout: float) -> None:
         """Wait (bounded) until every waiting client has its answer; at shutdown."""
@@ -580,8 +593,9 @@ class Resolver:
         for z in self.zones:
             z.forwarder.close()
         for flight in list(self._inflight.values()):
-            if flight.task is not None:
-                flight.task.cancel()
+            if flight.exchange is not None:
+                flight.exchange.cancel()
+            self._landed(flight, None, asyncio.CancelledError())
 
 
 def _servfail(data: bytes, q: wire.Query, udp_cap: int) -> bytes:
