@@ -226,6 +226,17 @@ class AgentCollector(Collector):
             "Tries sent because an earlier try of the same query stayed silent past the retransmission timer.",
             labels=["zone", "to"],
         )
+        exhausted = CounterMetricFamily(
+            "nodecache_upstream_udp_exhausted_total",
+            "UDP tries failed at once because the upstream's pool of UDP sockets was full.",
+            labels=["zone", "to"],
+        )
+        mismatched = CounterMetricFamily(
+            "nodecache_upstream_mismatched_replies_total",
+            "Datagrams from an upstream ignored: another ID, a question not asked, unreadable, or none awaited "
+            "(a spoofing attempt, or a late or duplicated reply).",
+            labels=["zone", "to"],
+        )
         waiting = GaugeMetricFamily("nodecache_waiting_queries", "Client queries waiting on upstream answers right now.",
                                     value=self.resolver.waiting)  # fmt: skip
         for z in self.resolver.zones:
@@ -236,6 +247,8 @@ class AgentCollector(Collector):
                 early.add_metric([z.name, reason], n)
             for u in fwd.upstreams:
                 retries.add_metric([z.name, str(u.address)], u.retries)
+                exhausted.add_metric([z.name, str(u.address)], u.udp_exhausted)
+                mismatched.add_metric([z.name, str(u.address)], u.mismatched)
             broken += fwd.all_down
             rejects += fwd.rejected
             inflight.add_metric([z.name], fwd.inflight)
@@ -279,7 +292,7 @@ class AgentCollector(Collector):
             "Counter of the number of queries rejected because the concurrent queries were at maximum.",
             value=rejects,
         )
-        yield from (inflight, overload, coalesced, nxcut, up_gauge, early, retries, waiting)
+        yield from (inflight, overload, coalesced, nxcut, up_gauge, early, retries, waiting, exhausted, mismatched)
 
     def _agent(self) -> Iterator[Metric]:
         errors = CounterMetricFamily(

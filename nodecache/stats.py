@@ -87,6 +87,8 @@ def report(
                     "queries": u.queries,
                     "failures": u.failures,
                     "retries": u.retries,
+                    "udp_exhausted": u.udp_exhausted,  # tries failed at once: the UDP socket pool was full
+                    "mismatched": u.mismatched,  # datagrams ignored (wrong ID or question, or none awaited)
                     "latency_ms": {
                         "p50": _ms(u.latencies.quantile(0.5)),
                         "p99": _ms(u.latencies.quantile(0.99)),
@@ -243,6 +245,9 @@ def render(r: dict[str, Any]) -> str:
             f"{u['address'] + ' ' + u['transport']:<30} {u['zone']:<16} {u['state']:<5} {u['queries']:>8} "
             f"{u['failures']:>6} {u['retries']:>6} {_num(lat['p50']):>8} {_num(lat['p99']):>8}"
         )
+        if u["udp_exhausted"] or u["mismatched"]:
+            lines.append(f"  {u['udp_exhausted']} tries failed with the UDP socket pool full, "
+                         f"{u['mismatched']} replies ignored (wrong ID or question)")
     one_in = r["sampling"]["one_in"]
     how = "every query" if one_in <= 1 else f"1 in {one_in} queries"
     lines += ["", f"top names and clients: approximate (sampled counters, now {how}; halved every minute)"]

@@ -227,6 +227,7 @@ class _UdpSocket:
             except wire.Malformed:
                 self.owner.mismatched += 1
                 continue
+            return  # one query at a time: nothing more is awaited (a stray datagram left is read next time)
 
     def released(self, fut: asyncio.Future[Answer]) -> None:
         """The query ended: back to the pool if it was answered and this socket has uses left, else closed."""
@@ -372,13 +373,19 @@ class Upstream:
 
     def _open_connection(self, avoid: Any) -> _TcpConnection | None:
         """The least busy open connection not in `avoid`; None when a new one should open."""
-        self._conns = [c for c in self._conns if not c.closed]
-        usable = [c for c in self._conns if avoid is None or c not in avoid]
-        best = min(usable, key=lambda c: len(c.pending), default=None)
-        if best is not None and (len(best.pending) < PIPELINE_DEPTH or len(self._conns) >= MAX_TCP_CONNECTIONS):
+        best: _TcpConnection | None = None
+        depth = MAX_MESSAGE
+        conns = self._conns
+        if any(c.closed for c in conns):
+            conns = self._conns = [c for c in conns if not c.closed]
+        for c in conns:
+            n = len(c.pending)
+            if n < depth and (avoid is None or c not in avoid):
+                best, depth = c, n
+        if best is not None and (depth < PIPELINE_DEPTH or len(conns) >= MAX_TCP_CONNECTIONS):
             return best
-        if best is None and len(self._conns) >= MAX_TCP_CONNECTIONS:
-            return min(self._conns, key=lambda c: len(c.pending))
+        if best is None and len(conns) >= MAX_TCP_CONNECTIONS:
+            return min(conns, key=lambda c: len(c.pending))
         return None
 
     async def _tcp_new(self, build: Build, check: Check, avoid: Any) -> Answer:
