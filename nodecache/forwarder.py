@@ -28,6 +28,7 @@ from typing import Any
 from nodecache import wire
 from nodecache.config import UPSTREAM_UDP_PAYLOAD, ForwardPolicy
 from nodecache.errors import UpstreamError
+from nodecache.timers import Ticket, Timers
 from nodecache.upstream import Answer, Build, Check, Upstream
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class Forwarder:
         self._next = 0
         self._rng = random.Random()  # server choice only; IDs use `secrets`
         self._retry_budget = RETRY_BUDGET_MAX
+        self.timers = Timers()  # the exchanges' wake-ups, on one loop timer
 
     def order(self) -> list[Upstream]:
         """Servers in the order to try them: by policy, healthy ones first."""
@@ -150,14 +152,15 @@ class Forwarder:
     def close(self) -> None:
         for up in self.upstreams:
             up.close()
+        self.timers.close()
 
 
 class Exchange:
     """One query's tries at a zone's upstreams, driven by callbacks: no Task, no asyncio.wait.
 
     A try is a Future from `Upstream.start`; its done callback moves the exchange
-    on. One loop timer (re-armed as things change) wakes it for the next early
-    retry, a try's timeout, or the overall deadline. See the module notes for
+    on. One deadline on the forwarder's Timers (moved as things change) wakes it
+    for the next early retry, a try's timeout, or the overall deadline. See the module notes for
     the policy: at most MAX_OPEN_TRIES open at once, early retries on a budget,
     each waiting twice as long as the one before.
     """
@@ -181,7 +184,7 @@ class Exchange:
         self.sent = 0
         self.next_try = now
         self.backoff = 1.0  # each early retry waits twice as long as the one before (RFC 6298 5.5)
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: Ticket | None = None  # on the forwarder's Timers: the next retry, try timeout or deadline
         self.finished = False
         fw.inflight += 1
         fw._retry_budget = min(fw._retry_budget + RETRY_BUDGET_RATIO, RETRY_BUDGET_MAX)
@@ -215,10 +218,10 @@ class Exchange:
                 wake = t[1] + p.try_timeout
         if self.sent < MAX_TRIES and len(tries) < MAX_OPEN_TRIES and self.next_try < wake:
             wake = self.next_try
+        timers = fw.timers
         if self.timer is not None:
-            self.timer.cancel()
-        loop = asyncio.get_running_loop()
-        self.timer = loop.call_at(loop.time() + max(wake - now, 0.0), self._woken)
+            timers.cancel(self.timer)
+        self.timer = timers.at(wake, Exchange._woken, self)
 
     def _woken(self) -> None:
         """A timer: give up on tries past their timeout (or the deadline), then go on."""
@@ -277,7 +280,7 @@ class Exchange:
         self.finished = True
         self.fw.inflight -= 1
         if self.timer is not None:
-            self.timer.cancel()
+            self.fw.timers.cancel(self.timer)
             self.timer = None
         tries, self.tries = self.tries, {}
         for fut in tries:

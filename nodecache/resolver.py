@@ -37,6 +37,7 @@ from nodecache.errors import UpstreamError
 from nodecache.forwarder import Exchange, Forwarder, Overloaded, Result
 from nodecache.logs import QueryLog, Throttle
 from nodecache.names import at_or_below, name_to_wire
+from nodecache.timers import Ticket, Timers
 from nodecache.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class Flight:
         self.zone = zone
         self.key = q.key
         self.waiters: deque[Waiter] = deque()
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: Ticket | None = None  # the answer deadline of the oldest waiter (Resolver.deadlines)
         self.exchange: Exchange | None = None  # the forwarder's tries; None until started, or for LocalAnswers
 
 
@@ -270,6 +271,7 @@ class Resolver:
         self._by_wire[name_to_wire(LOCAL_ZONE)] = self.local
         self._memo: dict[bytes, ZoneRuntime | None] = {}
         self._inflight: dict[bytes, Flight] = {}
+        self.deadlines = Timers()  # the flights' answer deadlines, on one loop timer
         self.waiting = 0  # clients waiting on misses, all keys
         self._deadline = config.answer_deadline
         self._max_waiting = config.max_waiting
@@ -411,7 +413,7 @@ class Resolver:
                 return self._fetch(flight, q)
             flight.waiters.append((data, q, via, self.clock() + self._deadline, deliver, token, started))
             self.waiting += 1
-            flight.timer = asyncio.get_running_loop().call_later(self._deadline, self._deadline_passed, flight)
+            flight.timer = self.deadlines.at(time.monotonic() + self._deadline, self._deadline_passed, flight)
             return self._fetch(flight, q)  # may answer that waiter at once (no upstream may be asked)
         stats.coalesced += 1
         if self.waiting >= self._max_waiting or len(flight.waiters) >= self._max_per_name:
@@ -419,7 +421,7 @@ class Resolver:
         flight.waiters.append((data, q, via, self.clock() + self._deadline, deliver, token, started))
         self.waiting += 1
         if flight.timer is None:
-            flight.timer = asyncio.get_running_loop().call_later(self._deadline, self._deadline_passed, flight)
+            flight.timer = self.deadlines.at(time.monotonic() + self._deadline, self._deadline_passed, flight)
 
     def _nxdomain_cut(self, zone: ZoneRuntime, data: bytes, q: wire.Query, via: int, deliver: Deliver, token: Any) -> bool:
         """Answer from a cached NXDOMAIN of this name or one above it (RFC 8020); True if answered.
@@ -481,7 +483,7 @@ class Resolver:
             self._fall_back(flight.zone, waiters.popleft())
         if waiters:
             delay = max(waiters[0][3] - now, 0.0)
-            flight.timer = asyncio.get_running_loop().call_later(delay, self._deadline_passed, flight)
+            flight.timer = self.deadlines.at(time.monotonic() + delay, self._deadline_passed, flight)
 
     def _fetch(self, flight: Flight, q: wire.Query) -> None:
         """Ask the zone's upstreams for `flight`'s key: no Task, the forwarder calls `_fetched` back."""
@@ -514,7 +516,7 @@ class Resolver:
         if self._inflight.get(flight.key) is flight:
             del self._inflight[flight.key]
         if flight.timer is not None:
-            flight.timer.cancel()
+            self.deadlines.cancel(flight.timer)
         waiters, flight.waiters = flight.waiters, deque()
         self.waiting -= len(waiters)
         zone = flight.zone
@@ -596,6 +598,7 @@ class Resolver:
             if flight.exchange is not None:
                 flight.exchange.cancel()
             self._landed(flight, None, asyncio.CancelledError())
+        self.deadlines.close()
 
 
 def _servfail(data: bytes, q: wire.Query, udp_cap: int) -> bytes:
