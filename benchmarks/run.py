@@ -528,13 +528,13 @@ def print_report(rep: dict) -> None:
     for workload, rows in rep["summary"].items():
         print(f"\n== {workload} ==")
         nc = rows.get(NODECACHE, {}).get("qps")
-        header = (f"{'contender':<10} {'qps':>10} {'avg ms':>8} {'p99 ms':>8} {'lost':>7} {'bad':>6} "
+        header = (f"{'contender':<13} {'qps':>10} {'avg ms':>8} {'p99 ms':>8} {'lost':>7} {'bad':>6} "
                   f"{'srv cpu':>8} {'gen cpu':>8} {'nodecache/x':>12}")
         print(header)
         print("-" * len(header))
         for name, row in rows.items():
             ratio = "" if not nc or not row["qps"] or name == NODECACHE else f"{nc / row['qps']:.2f}x"
-            print(f"{name:<10} {row['qps']:>10,.0f} {fmt_ms(row['avg_latency_ms']):>8} "
+            print(f"{name:<13} {row['qps']:>10,.0f} {fmt_ms(row['avg_latency_ms']):>8} "
                   f"{fmt_ms(row['p99_latency_ms']):>8} {row['lost']:>7,.0f} {row['bad_responses']:>6,.0f} "
                   f"{fmt_pct(row['server_cpu_pct']):>8} {fmt_pct(row['dnsperf_cpu_pct']):>8} {ratio:>12}")
         per_rep = "; ".join(f"{n}: {', '.join(f'{q:,.0f}' for q in r['qps_all'])} (spread {spread(r):.0%})"
@@ -545,11 +545,11 @@ def print_report(rep: dict) -> None:
                   f"busy with something else; compare with care or rerun")
 
     print("\n== memory (after all runs) ==")
-    print(f"{'contender':<10} {'peak RSS MiB':>13} {'RSS MiB':>8} {'CPU s':>7}")
+    print(f"{'contender':<13} {'peak RSS MiB':>13} {'RSS MiB':>8} {'CPU s':>7}")
     for name, c in rep["contenders"].items():
         if c["peak_rss_kib"] is None:
             continue
-        print(f"{name:<10} {c['peak_rss_kib'] / 1024:>13.1f} {c['rss_kib'] / 1024:>8.1f} "
+        print(f"{name:<13} {c['peak_rss_kib'] / 1024:>13.1f} {c['rss_kib'] / 1024:>8.1f} "
               f"{c['cpu_s']:>7.1f}")
     for name, c in rep["contenders"].items():
         if c["error"]:
