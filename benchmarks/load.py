@@ -261,7 +261,8 @@ def run_contender(topo: Topology, upstream: CountingUpstream, name: str, names: 
             ns.write_etc(topo.pod, "resolv.conf", pod_resolv_conf(CACHE_IP))
             argv = ["ip", "netns", "exec", topo.node, *ARGV[name](workdir)]
             env = {k: v for k, v in os.environ.items() if not k.startswith("NODECACHE_")}
-            proc = bl.ManagedProcess(name, argv, workdir / f"{name}.log", cwd=bl.REPO, env=env)
+            cwd = args.nodecache_src if name == "nodecache" and args.nodecache_src else bl.REPO
+            proc = bl.ManagedProcess(name, argv, workdir / f"{name}.log", cwd=cwd, env=env)
             wait_ready(topo.node, proc)
         upstream.take()  # the readiness probes are not part of the workload
         run = run_clients(topo, name.replace(" ", "-"), names, args.clients, args.rate)
@@ -308,6 +309,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="lookups started per second, all clients together (paced, so TTLs expire alike for all)")
     p.add_argument("--only", action="append", choices=CONTENDER_ORDER[1:], metavar="NAME",
                    help="run only this cache (repeatable); no cache and dnsmasq always run, as model and baseline")
+    p.add_argument("--nodecache-src", type=Path, default=None, metavar="DIR",
+                   help="run the agent from the nodecache package in DIR (another checkout, e.g. main, to compare "
+                        "before and after a change) with this venv's dependencies; default: this checkout")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs, client output)")
     args = p.parse_args(argv)
     if args.lookups < 1 or args.clients < 1 or args.rate <= 0:
