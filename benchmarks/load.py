@@ -162,7 +162,8 @@ def nodecache_argv(workdir: Path) -> list[str]:
             "--health-address", f"{bl.LOCALHOST}:8080", "--lameduck", "0"]
 
 
-ARGV = {"dnsmasq": dnsmasq_argv, "unbound": unbound_argv, "nodecache": nodecache_argv}
+BASE = "nodecache-base"  # the agent from --base-src
+ARGV = {"dnsmasq": dnsmasq_argv, "unbound": unbound_argv, "nodecache": nodecache_argv, BASE: nodecache_argv}
 
 
 def query_in(netns: str, address: str, name: str, timeout: float = 0.5) -> tuple[int, int] | None:
@@ -261,14 +262,14 @@ def run_contender(topo: Topology, upstream: CountingUpstream, name: str, names: 
             ns.write_etc(topo.pod, "resolv.conf", pod_resolv_conf(CACHE_IP))
             argv = ["ip", "netns", "exec", topo.node, *ARGV[name](workdir)]
             env = {k: v for k, v in os.environ.items() if not k.startswith("NODECACHE_")}
-            cwd = args.nodecache_src if name == "nodecache" and args.nodecache_src else bl.REPO
+            cwd = args.base_src if name == BASE else bl.REPO
             proc = bl.ManagedProcess(name, argv, workdir / f"{name}.log", cwd=cwd, env=env)
             wait_ready(topo.node, proc)
         upstream.take()  # the readiness probes are not part of the workload
         run = run_clients(topo, name.replace(" ", "-"), names, args.clients, args.rate)
         time.sleep(SETTLE)
         counts = upstream.take()
-        if name == "nodecache":
+        if name in ("nodecache", BASE):
             extra["stats"] = agent_stats(workdir / "control.sock")
         return counts, run, extra
     finally:
@@ -309,9 +310,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="lookups started per second, all clients together (paced, so TTLs expire alike for all)")
     p.add_argument("--only", action="append", choices=CONTENDER_ORDER[1:], metavar="NAME",
                    help="run only this cache (repeatable); no cache and dnsmasq always run, as model and baseline")
-    p.add_argument("--nodecache-src", type=Path, default=None, metavar="DIR",
-                   help="run the agent from the nodecache package in DIR (another checkout, e.g. main, to compare "
-                        "before and after a change) with this venv's dependencies; default: this checkout")
+    p.add_argument("--base-src", type=Path, default=None, metavar="DIR",
+                   help=f"also run the agent from the nodecache package in DIR (e.g. an export of main) as "
+                        f"'{BASE}', before this checkout's, to compare before and after a change in one run")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs, client output)")
     args = p.parse_args(argv)
     if args.lookups < 1 or args.clients < 1 or args.rate <= 0:
@@ -350,6 +351,8 @@ def bench(args: argparse.Namespace, workdir: Path, started: dt.datetime) -> int:
     names = mix.lookup_mix(args.lookups, args.seed, universe)
     predicted = mix.predict(names, universe)
     order = [n for n in CONTENDER_ORDER if n in (NO_CACHE, "dnsmasq") or not args.only or n in args.only]
+    if args.base_src is not None:
+        order.insert(order.index("nodecache") if "nodecache" in order else len(order), BASE)
     measured: dict[str, tuple[Counter[tuple[str, str]], ClientRun, dict]] = {}
     with ExitStack() as stack:
         topo = stack.enter_context(topology(workdir))

@@ -216,14 +216,14 @@ class Row:
 def report_table(rows: Sequence[Row], baseline: str = "dnsmasq") -> str:
     """The bench-load table: upstream queries (all, per lookup, by kind, AAAA NXDOMAINs), failures, latency, ratio."""
     base = next((r.total for r in rows if r.name == baseline), 0)
-    head = (f"{'contender':<10} {'upstream':>9} {'/lookup':>8} {'nxdomain':>9} {'(AAAA)':>7} {'nodata':>7} "
+    head = (f"{'contender':<14} {'upstream':>9} {'/lookup':>8} {'nxdomain':>9} {'(AAAA)':>7} {'nodata':>7} "
             f"{'positive':>9} {'other':>6} {'failed':>7} {'differ':>7} {'p50 ms':>7} {'p99 ms':>7} {'/' + baseline:>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         k = kind_totals(r.queries)
         ratio = f"{r.total / base:.3f}" if base else "n/a"
         lines.append(
-            f"{r.name:<10} {r.total:>9,} {r.total / max(r.lookups, 1):>8.3f} {k[NX]:>9,} {r.queries[(NX, 'AAAA')]:>7,} "
+            f"{r.name:<14} {r.total:>9,} {r.total / max(r.lookups, 1):>8.3f} {k[NX]:>9,} {r.queries[(NX, 'AAAA')]:>7,} "
             f"{k[NODATA]:>7,} {k[POSITIVE]:>9,} {k[OTHER]:>6,} {r.failures:>7,} {r.mismatches:>7,} "
             f"{_ms(r.p50_ms):>7} {_ms(r.p99_ms):>7} {ratio:>9}")
     return "\n".join(lines)
