@@ -404,7 +404,7 @@ def save(args: argparse.Namespace, started: dt.datetime, rows: list[mix.Row], pr
                                 "p99_ms": r.p99_ms, "elapsed_s": measured[r.name][1].elapsed, **measured[r.name][2]}
                        for r in rows},
     }
-    out.write_text(json.dumps(report, indent=2))
+    out.write_text(json.dumps(report, indent=2, default=str))
     print(f"raw results: {out.relative_to(bl.REPO)}")
 
 
