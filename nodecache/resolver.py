@@ -469,22 +469,28 @@ class Resolver:
             entry = zone.cache.nxdomain_above(q.key, len(zone.wire)) if nxdomain else None
             if entry is None and not cancelled:
                 self._launch(zone, waiting, q)
+            else:
+                self._answer_held(waiting, entry)
+
+    def _answer_held(self, flight: Flight, entry: Entry | None) -> None:
+        """End a held flight without a query of its own: its clients get `entry` (an NXDOMAIN), or
+        SERVFAIL when the flight it waited on was cancelled (shutting down)."""
+        zone = flight.zone
+        if self._inflight.get(flight.key) is flight:
+            del self._inflight[flight.key]
+        if flight.timer is not None:
+            flight.timer.cancel()
+        waiters, flight.waiters = flight.waiters, deque()
+        self.waiting -= len(waiters)
+        now = self.clock()
+        for w in waiters:
+            data, q, via = w[0], w[1], w[2]
+            if entry is None:
+                self._finish(zone, w, _servfail(data, q, self._udp_cap), "miss", "")
                 continue
-            if self._inflight.get(waiting.key) is waiting:
-                del self._inflight[waiting.key]
-            if waiting.timer is not None:
-                waiting.timer.cancel()
-            waiters, waiting.waiters = waiting.waiters, deque()
-            self.waiting -= len(waiters)
-            now = self.clock()
-            for w in waiters:
-                data, wq, via = w[0], w[1], w[2]
-                if entry is None:  # shutting down: as the flight it waited on
-                    self._finish(zone, w, _servfail(data, wq, self._udp_cap), "miss", "")
-                    continue
-                zone.stats.nxdomain_waited += 1
-                limit = TCP_LIMIT if via & 1 else min(wq.payload, self._udp_cap)
-                self._finish(zone, w, entry.reply(data, wq.qend, wq.edns, limit, now), "miss", "forward")
+            zone.stats.nxdomain_waited += 1
+            limit = TCP_LIMIT if via & 1 else min(q.payload, self._udp_cap)
+            self._finish(zone, w, entry.reply(data, q.qend, q.edns, limit, now), "miss", "forward")
 
     def _nxdomain_cut(self, zone: ZoneRuntime, data: bytes, q: wire.Query, via: int, deliver: Deliver, token: Any) -> bool:
         """Answer from a cached NXDOMAIN of this name or one above it (RFC 8020); True if answered.

@@ -14,7 +14,7 @@ from dnslib import QTYPE, RCODE, DNSRecord
 
 from tests.conftest import ask_udp, running
 from tests.support.fakeupstream import Behaviour, FakeUpstream
-from tests.test_nxdomain_cut import ask
+from tests.test_nxdomain_cut import ask, shift_clock
 from tests.test_resolver import cluster_config, query
 
 GONE = "nope.default.svc.cluster.local"  # NXDOMAIN in the sample zone
@@ -27,8 +27,9 @@ async def pair(upstream: FakeUpstream, port: int, name: str, first: str = "A", s
                do_second: bool = False) -> tuple[DNSRecord, DNSRecord]:
     """`first` goes upstream (slowed); once the upstream has it, `second` is asked; both replies."""
     upstream.set_behaviour(name, Behaviour.delay(SLOW), times=1)
+    before = upstream.count(name)
     one = asyncio.ensure_future(ask(port, name, first, qid=1))
-    assert await asyncio.to_thread(upstream.wait_for_count, 1, name) == 1
+    assert await asyncio.to_thread(upstream.wait_for_count, before + 1, name) == before + 1
     two = await ask(port, name, second, qid=2, do=do_second)
     return await one, two
 
@@ -89,3 +90,15 @@ async def test_another_do_bit_is_not_held(upstream: FakeUpstream) -> None:
     assert aaaa.header.rcode == RCODE.NXDOMAIN
     assert sorted(r.qtype for r in upstream.received(GONE)) == ["A", "AAAA"]
     assert stats.sibling_waits == 0
+
+
+async def test_a_name_with_an_answer_in_the_cache_is_not_held_again(upstream: FakeUpstream) -> None:
+    async with running(cluster_config(upstream)) as srv:
+        port = srv.bound[0][1]
+        await pair(upstream, port, V4_ONLY)  # held: nothing known about the name yet
+        shift_clock(srv, 31)  # both answers expired (kept for serve-stale): the name existed
+        a, aaaa = await pair(upstream, port, V4_ONLY)
+        stats = srv.resolver.zones[0].stats
+    assert a.rr and aaaa.header.rcode == RCODE.NOERROR and not aaaa.rr
+    assert stats.sibling_waits == 1  # the second pair went upstream together, without the extra round trip
+    assert [r.qtype for r in upstream.received(V4_ONLY)] == ["A", "AAAA", "A", "AAAA"]
