@@ -15,12 +15,13 @@ NODE_RESOLV_CONF ?= /etc/resolv.conf
 # musl-tools (musl-gcc: a static musl getaddrinfo client, which has no TCP fallback).
 DEB_PACKAGES := nsd bind9-dnsutils knot-dnsutils dnsperf dnsmasq-base unbound iptables iproute2 musl-tools
 
-.PHONY: help venv debs run test bench profile lint clean image manifest docs
+.PHONY: help venv debs run test bench bench-load profile lint clean image manifest docs
 
 help:
 	@echo "make run    start the agent on 127.0.0.1:$(RUN_PORT) in front of a sample cluster zone"
 	@echo "make test   install what the tests need (venv, Debian packages) and run them all"
 	@echo "make bench  dnsperf side by side: nodecache, dnsmasq, unbound"
+	@echo "make bench-load  upstream queries per glibc lookup through no cache, dnsmasq, unbound, nodecache (root)"
 	@echo "make profile  cProfile of the hit path (fails if dnslib runs on a hit)"
 	@echo "make lint   ruff and mypy"
 	@echo "make docs   regenerate docs/reference.md (flags and metrics) from the code"
@@ -61,6 +62,11 @@ test: debs $(STAMP)
 
 bench: debs $(STAMP)
 	$(VPY) benchmarks/run.py
+
+# Root only: pods and a node in network namespaces; ARGS passes options, e.g. ARGS='--lookups 3000'.
+bench-load: debs $(STAMP)
+	@if [ "$$(id -u)" != 0 ]; then echo "make bench-load needs root: it creates network namespaces and a veth pair"; exit 2; fi
+	$(VPY) benchmarks/load.py $(ARGS)
 
 # Proves the hit path builds no dnslib objects: cProfile over 50,000 cache hits.
 profile: debs $(STAMP)

@@ -275,6 +275,19 @@ NSD_SERVER_EXTRA = ("rrl-ratelimit: 0", "rrl-whitelist-ratelimit: 0")
 
 def start_upstream(workdir: Path):
     """Start NSD (RRL off) with the sample zone on a free 127.0.0.1 port; return it."""
+    nsd = bench_nsd(sample_zones(), workdir, address=LOCALHOST)
+    nsd.start()
+    conf = Path(getattr(nsd, "conf", workdir / "nsd.conf"))
+    if not conf.is_file() or "rrl-ratelimit: 0" not in conf.read_text():
+        log("warning: could not turn NSD's rate limiting off; the miss workload will suffer")
+    return nsd
+
+
+def bench_nsd(zones: dict[str, str], workdir: Path, **where):
+    """The test suite's NSD (not started) with RRL turned off in its generated config.
+
+    `where`: NSD's address, port and netns keywords (tests.support.nsd.NSD).
+    """
     from tests.support.nsd import NSD
 
     class BenchNSD(NSD):
@@ -288,12 +301,7 @@ def start_upstream(workdir: Path):
                 head, sep, tail = text.partition("server:\n")
                 self.conf.write_text(head + sep + extra + tail)
 
-    nsd = BenchNSD(sample_zones(), workdir, address=LOCALHOST)
-    nsd.start()
-    conf = Path(getattr(nsd, "conf", workdir / "nsd.conf"))
-    if not conf.is_file() or "rrl-ratelimit: 0" not in conf.read_text():
-        log("warning: could not turn NSD's rate limiting off; the miss workload will suffer")
-    return nsd
+    return BenchNSD(zones, workdir, **where)
 
 
 def agent_endpoint_args(workdir: Path) -> list[str]:

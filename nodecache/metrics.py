@@ -215,6 +215,18 @@ class AgentCollector(Collector):
             "(RFC 8020); also counted in coredns_cache_hits_total.",
             labels=["zone"],
         )
+        held = CounterMetricFamily(
+            "nodecache_held_for_sibling_total",
+            "Misses held behind an in-flight A or AAAA query for the same name, to be answered from its NXDOMAIN "
+            "(RFC 8020) instead of sending their own query.",
+            labels=["zone"],
+        )
+        from_sibling = CounterMetricFamily(
+            "nodecache_nxdomain_from_sibling_total",
+            "Queries answered NXDOMAIN from the NXDOMAIN another type of their name got upstream while they waited "
+            "(RFC 8020), without a query of their own.",
+            labels=["zone"],
+        )
         early = CounterMetricFamily(
             "nodecache_early_answers_total",
             "Misses answered stale or SERVFAIL without waiting for the upstream, by why: the answer deadline passed, "
@@ -255,6 +267,8 @@ class AgentCollector(Collector):
             overload.add_metric([z.name], z.stats.overloaded)
             coalesced.add_metric([z.name], z.stats.coalesced)
             nxcut.add_metric([z.name], z.stats.nxdomain_cut)
+            held.add_metric([z.name], z.stats.sibling_waits)
+            from_sibling.add_metric([z.name], z.stats.nxdomain_waited)
             for u in fwd.upstreams:
                 to = str(u.address)
                 probes[to] = probes.get(to, 0) + u.healthcheck_failures
@@ -292,7 +306,8 @@ class AgentCollector(Collector):
             "Counter of the number of queries rejected because the concurrent queries were at maximum.",
             value=rejects,
         )
-        yield from (inflight, overload, coalesced, nxcut, up_gauge, early, retries, waiting, exhausted, mismatched)
+        yield from (inflight, overload, coalesced, nxcut, held, from_sibling, up_gauge, early, retries, waiting)
+        yield from (exhausted, mismatched)
 
     def _agent(self) -> Iterator[Metric]:
         errors = CounterMetricFamily(

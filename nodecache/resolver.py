@@ -61,6 +61,10 @@ _LOOP_WIRE = bytes((len(LOOP_LABEL),)) + LOOP_LABEL.encode()
 LOOP_PROBE_TYPE = 13  # HINFO, as CoreDNS's loop plugin asks
 LOOP_PROBE_TIMEOUT = 2.0
 
+# Types a miss may wait on, in flight for its name, to be answered from their NXDOMAIN (RFC 8020):
+# getaddrinfo asks A and AAAA at the same moment. As they sit in cache keys (see wire.scan_query).
+SIBLING_TYPES = (struct.pack("!H", 1), struct.pack("!H", 28))
+
 DEADLINE_SLACK = 0.002  # waiters due within this of a deadline timer are answered with it
 DRAIN_POLL = 0.01  # seconds between checks while shutdown waits for the last answers
 
@@ -88,6 +92,8 @@ class ZoneStats:
     fast_failed: int = 0  # misses answered at once because every upstream was marked down
     waiters_refused: int = 0  # SERVFAIL at once: too many clients already waiting (--max-waiting*)
     nxdomain_cut: int = 0  # misses answered from a cached NXDOMAIN of the name or a parent (RFC 8020)
+    sibling_waits: int = 0  # misses held behind an in-flight query for another type of their name
+    nxdomain_waited: int = 0  # clients of those answered from its NXDOMAIN, with no query of their own
     prefetches: int = 0  # refreshes started before expiry (prefetch is not implemented yet)
     rcodes: dict[int, int] = field(default_factory=dict)  # upstream replies by rcode
     requests: dict[int, int] = field(default_factory=dict)
@@ -272,6 +278,7 @@ class Resolver:
         self._memo: dict[bytes, ZoneRuntime | None] = {}
         self._inflight: dict[bytes, Flight] = {}
         self.deadlines = Timers()  # the flights' answer deadlines, on one loop timer
+        self._held: dict[Flight, list[tuple[Flight, wire.Query]]] = {}  # in flight -> flights waiting on it
         self.waiting = 0  # clients waiting on misses, all keys
         self._deadline = config.answer_deadline
         self._max_waiting = config.max_waiting
@@ -414,7 +421,9 @@ class Resolver:
             flight.waiters.append((data, q, via, self.clock() + self._deadline, deliver, token, started))
             self.waiting += 1
             flight.timer = self.deadlines.at(time.monotonic() + self._deadline, self._deadline_passed, flight)
-            return self._fetch(flight, q)  # may answer that waiter at once (no upstream may be asked)
+            if not self._hold_for_sibling(zone, flight, q):
+                self._fetch(flight, q)  # may answer that waiter at once (no upstream may be asked)
+            return
         stats.coalesced += 1
         if self.waiting >= self._max_waiting or len(flight.waiters) >= self._max_per_name:
             return self._over_cap(zone, (data, q, via, 0.0, deliver, token, started))
@@ -422,6 +431,68 @@ class Resolver:
         self.waiting += 1
         if flight.timer is None:
             flight.timer = self.deadlines.at(time.monotonic() + self._deadline, self._deadline_passed, flight)
+
+    def _hold_for_sibling(self, zone: ZoneRuntime, flight: Flight, q: wire.Query) -> bool:
+        """Hold a new flight behind an in-flight A or AAAA query for the same name; True if held.
+
+        getaddrinfo sends A and AAAA at the same moment, so the second arrives
+        while the first is still upstream and the NXDOMAIN cut cannot answer it
+        yet. Held, it is answered from the first one's NXDOMAIN (RFC 8020), or
+        sends its own query once that answer turns out not to be NXDOMAIN
+        (`_release_held`). Same zone and same key tail (class, DO and CD).
+        Its clients wait as any miss does (deadline, waiting caps). Not held
+        when the cache says the name had a non-NXDOMAIN answer lately: then
+        waiting would only add a round trip.
+        """
+        key = q.key
+        head, own, tail = key[:-5], key[-5:-3], key[-3:]
+        for qtype in SIBLING_TYPES:
+            sibling = self._inflight.get(head + qtype + tail) if qtype != own else None
+            if sibling is not None and sibling.exchange is not None and sibling.zone is zone:
+                break
+        else:
+            return False
+        for known in (zone.cache.get(key), zone.cache.get(sibling.key)):
+            if known is not None and known.kind is not Kind.SERVFAIL and known.rcode != wire.NXDOMAIN:
+                return False
+        self._held.setdefault(sibling, []).append((flight, q))
+        zone.stats.sibling_waits += 1
+        return True
+
+    def _release_held(self, flight: Flight, entry: Entry | None, exc: BaseException | None) -> None:
+        """`flight` landed: flights held behind it are answered from its NXDOMAIN, or send their own queries."""
+        held = self._held.pop(flight, None)
+        if held is None:
+            return
+        cancelled = isinstance(exc, asyncio.CancelledError)
+        nxdomain = entry is not None and entry.rcode == wire.NXDOMAIN
+        for waiting, q in held:
+            zone = waiting.zone
+            entry = zone.cache.nxdomain_above(q.key, len(zone.wire)) if nxdomain else None
+            if entry is None and not cancelled:
+                self._fetch(waiting, q)
+            else:
+                self._answer_held(waiting, entry)
+
+    def _answer_held(self, flight: Flight, entry: Entry | None) -> None:
+        """End a held flight without a query of its own: its clients get `entry` (an NXDOMAIN), or
+        SERVFAIL when the flight it waited on was cancelled (shutting down)."""
+        zone = flight.zone
+        if self._inflight.get(flight.key) is flight:
+            del self._inflight[flight.key]
+        if flight.timer is not None:
+            self.deadlines.cancel(flight.timer)
+        waiters, flight.waiters = flight.waiters, deque()
+        self.waiting -= len(waiters)
+        now = self.clock()
+        for w in waiters:
+            data, q, via = w[0], w[1], w[2]
+            if entry is None:
+                self._finish(zone, w, _servfail(data, q, self._udp_cap), "miss", "")
+                continue
+            zone.stats.nxdomain_waited += 1
+            limit = TCP_LIMIT if via & 1 else min(q.payload, self._udp_cap)
+            self._finish(zone, w, entry.reply(data, q.qend, q.edns, limit, now), "miss", "forward")
 
     def _nxdomain_cut(self, zone: ZoneRuntime, data: bytes, q: wire.Query, via: int, deliver: Deliver, token: Any) -> bool:
         """Answer from a cached NXDOMAIN of this name or one above it (RFC 8020); True if answered.
@@ -515,6 +586,8 @@ class Resolver:
         """The upstream answered (or failed): answer every waiter; the next miss asks again."""
         if self._inflight.get(flight.key) is flight:
             del self._inflight[flight.key]
+        if self._held:
+            self._release_held(flight, entry, exc)
         if flight.timer is not None:
             self.deadlines.cancel(flight.timer)
         waiters, flight.waiters = flight.waiters, deque()

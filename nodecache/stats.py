@@ -53,6 +53,8 @@ def _zone(z: ZoneRuntime) -> dict[str, Any]:
         "prefetches": s.prefetches,
         "coalesced": s.coalesced,
         "nxdomain_cut": s.nxdomain_cut,  # misses answered from a parent's cached NXDOMAIN (RFC 8020), also in hits
+        "held_for_sibling": s.sibling_waits,  # misses held behind an in-flight A/AAAA query for their name
+        "nxdomain_from_sibling": s.nxdomain_waited,  # clients of those answered from its NXDOMAIN
         "servfail": s.servfail,
         "overload_refused": s.overloaded,
         "upstream_inflight": z.forwarder.inflight,
@@ -127,6 +129,8 @@ def report(
             "prefetches": sum(z["prefetches"] for z in zones),
             "coalesced": sum(z["coalesced"] for z in zones),
             "nxdomain_cut": sum(z["nxdomain_cut"] for z in zones),
+            "held_for_sibling": sum(z["held_for_sibling"] for z in zones),
+            "nxdomain_from_sibling": sum(z["nxdomain_from_sibling"] for z in zones),
         },
         "misses": {
             "waiting_now": resolver.waiting,
@@ -220,7 +224,8 @@ def render(r: dict[str, Any]) -> str:
         f"{c['entries']['denial']} denial / {c['capacity']['denial']}, {_memory(c)}",
         f"events      {c['evictions']} evictions ({c.get('memory_evictions', 0)} for memory), "
         f"{c['stale_served']} stale served, {c['prefetches']} prefetches, "
-        f"{c['coalesced']} coalesced, {c.get('nxdomain_cut', 0)} NXDOMAIN cuts",
+        f"{c['coalesced']} coalesced, {c.get('nxdomain_cut', 0)} NXDOMAIN cuts, "
+        f"{c.get('held_for_sibling', 0)} held for A/AAAA ({c.get('nxdomain_from_sibling', 0)} answered NXDOMAIN)",
         f"rejected    {q['refused_no_zone']} outside every zone, {q['malformed']} malformed, {q['dropped']} dropped, "
         f"{q.get('zone_transfer_refused', 0)} zone transfers",
         f"misses      {r['misses']['waiting_now']} waiting now; answered early (stale or SERVFAIL): "
