@@ -55,7 +55,9 @@ INDEX_SLOT_BYTES = 30  # a plain dict's slot (the NXDOMAIN index), likewise at 9
 MAX_SHARED = 4096
 _shared: dict[object, object] = {}
 _FLOAT_BYTES = sys.getsizeof(0.0)
-_T = TypeVar("_T", bytes, tuple[bytes, ...])
+# An entry's shared part: four headers, the OPT record, the stale window (see Entry.__init__).
+Shape = tuple[bytes, bytes, bytes, bytes, bytes, int]
+_T = TypeVar("_T", bytes, Shape)
 
 
 def _share(value: _T) -> _T:
@@ -153,12 +155,10 @@ class Entry:
 
     __slots__ = (
         "kind",
-        "rcode",
-        "stored",
         "expires",
         "hits",
         "tally",
-        "_stale",
+        "_life",
         "_shape",
         "_cuts",
         "_body",
@@ -178,10 +178,8 @@ class Entry:
         ttl_cap: int,
     ) -> None:
         self.kind = kind
-        self.rcode = scan.rcode
-        self.stored = now
         self.expires = now + ttl
-        self._stale = stale
+        self._life = ttl  # so `stored` is `expires - _life`: one float per entry, not two
         self.hits = 0
         self.tally: Tally = [0] * VIAS  # replaced by the zone's shared tally when stored
         # Served TTLs never exceed what the cache itself keeps: a client must
@@ -195,20 +193,30 @@ class Entry:
             flags2 |= scan.flags & wire.AD
         counts = (0, 1, scan.answers >> 8, scan.answers & 0xFF, scan.authority >> 8, scan.authority & 0xFF)
         ar = scan.additional
-        # Four header variants, indexed by (client RD bit) | (client sent OPT) << 1, then the OPT record.
-        self._shape = _share(
-            tuple(
-                bytes((flags1 | (i & 1), flags2, *counts, (ar + (i >> 1)) >> 8, (ar + (i >> 1)) & 0xFF))
-                for i in range(4)
-            )
-            + (wire.opt_record(payload, do, scan.rcode >> 4),)
-        )
+        heads = [
+            bytes((flags1 | (i & 1), flags2, *counts, (ar + (i >> 1)) >> 8, (ar + (i >> 1)) & 0xFF)) for i in range(4)
+        ]
+        # Four header variants, indexed by (client RD bit) | (client sent OPT) << 1; the OPT record
+        # (whose extended rcode and the header's make `rcode`); the stale window, for `stale_until`.
+        opt = wire.opt_record(payload, do, scan.rcode >> 4)
+        self._shape: Shape = _share((heads[0], heads[1], heads[2], heads[3], opt, stale))
         self._cuts: dict[int, tuple[int, tuple[bytes, bytes]]] | None = None  # see `_truncated`
+
+    @property
+    def stored(self) -> float:
+        """When the entry was made (the clock's seconds)."""
+        return self.expires - self._life
+
+    @property
+    def rcode(self) -> int:
+        """The reply's rcode, extended bits included."""
+        shape = self._shape
+        return shape[0][1] & 0x0F | shape[4][5] << 4
 
     @property
     def stale_until(self) -> float:
         """Until when the entry may be served stale (RFC 8767): its expiry plus the stale window."""
-        return self.expires + self._stale
+        return self.expires + self._shape[5]
 
     @property
     def size(self) -> int:
@@ -221,15 +229,15 @@ class Entry:
         `limit` is the largest reply the client can take (65535 over TCP).
         A larger reply carries as many whole records as fit (`_truncated`).
         """
-        elapsed = int(now - self.stored)
+        elapsed = int(now - self.expires + self._life)
         if elapsed != self._at:
             self._body = wire.with_packed_ttls(self._body, self._ttls, elapsed)
             self._at = elapsed
         shape = self._shape
         if edns:
-            out = data[:2] + shape[(data[2] & 1) | 2] + data[12:qend] + self._body + shape[4]
+            out = data[:2] + (shape[3] if data[2] & 1 else shape[2]) + data[12:qend] + self._body + shape[4]
         else:
-            out = data[:2] + shape[data[2] & 1] + data[12:qend] + self._body
+            out = data[:2] + (shape[1] if data[2] & 1 else shape[0]) + data[12:qend] + self._body
         if len(out) > limit:
             out = self._truncated(data, qend, edns, limit, self._body)
         return out
@@ -238,8 +246,8 @@ class Entry:
         """The answer past its expiry, every TTL set to `stale_ttl` (RFC 8767 4)."""
         body = wire.with_packed_ttls(self._body, self._ttls, 0, stale_ttl)
         shape = self._shape
-        v = (data[2] & 1) | (edns << 1)
-        out = data[:2] + shape[v] + data[12:qend] + body + (shape[4] if edns else b"")
+        head = (shape[3] if data[2] & 1 else shape[2]) if edns else (shape[1] if data[2] & 1 else shape[0])
+        out = data[:2] + head + data[12:qend] + body + (shape[4] if edns else b"")
         if len(out) > limit:
             out = self._truncated(data, qend, edns, limit, body)
         return out
@@ -291,7 +299,7 @@ def footprint(entry: Entry) -> int:
     """Bytes `entry` holds: itself and every object only it refers to (sys.getsizeof).
 
     The entry, its body (rendered again each second, always the same
-    length), the two floats, and its header shape and packed TTLs when they
+    length), its expiry (a float), and its header shape and packed TTLs when they
     are its own rather than shared (`_share`). The rest is shared or small:
     kind, tally and stale window belong to the zone; small ints and None are
     the interpreter's. So the size never changes after the entry is made, no
@@ -300,12 +308,12 @@ def footprint(entry: Entry) -> int:
     only for replies larger than a client takes, are not counted.
     """
     size = sys.getsizeof
-    total = size(entry) + size(entry._body) + 2 * _FLOAT_BYTES
+    total = size(entry) + size(entry._body) + _FLOAT_BYTES
     if not _is_shared(entry._ttls):
         total += size(entry._ttls)
     shape = entry._shape
     if not _is_shared(shape):
-        total += size(shape) + sum(size(part) for part in shape)
+        total += size(shape) + sum(size(shape[i]) for i in range(5))
     return total
 
 
