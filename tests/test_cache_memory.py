@@ -316,3 +316,19 @@ sys.argv[0] = "nodecache"
 from nodecache.cli import main
 main()
 """
+
+
+FULL_CACHES_GROWTH_BOUND = 40 * 2**20  # measured 34.7 MiB; with ~29 MiB idle, under the 64 MiB request
+
+
+@pytest.mark.slow
+def test_every_default_cache_full_fits_beside_an_idle_agent() -> None:
+    """benchmarks/cache_memory.py with no budget: all eight default caches full grow RSS by under 40 MiB."""
+    script = Path(__file__).parent.parent / "benchmarks" / "cache_memory.py"
+    out = subprocess.run([sys.executable, str(script), "--cache-memory", "0"], capture_output=True, text=True,
+                         timeout=300, check=True)  # fmt: skip
+    lines = dict(line.split(None, 1) for line in out.stdout.splitlines() if line.strip())
+    held, total = lines["entries"].split()[1], lines["entries"].split()[3].rstrip(",")
+    assert held == total == str(4 * 2 * DEFAULT_CAPACITY)
+    grown_mib = float(lines["RSS"].split()[1])
+    assert grown_mib * 2**20 <= FULL_CACHES_GROWTH_BOUND, out.stdout
