@@ -95,8 +95,8 @@ class OperatorEndpoints:
         return f"dns://:{bound[0][1] if bound else self.config.port}"
 
     async def _metrics(self) -> Response:
-        """/metrics. prometheus_client, with what it imports, keeps about 4 MiB resident: it is
-        loaded on the first scrape (a one-off pause of a few tens of milliseconds), not at start."""
+        """/metrics. prometheus_client, with what it imports, keeps 2-4 MiB resident: it is
+        loaded on the first scrape (a one-off pause of up to about 0.1 s), not at start."""
         from nodecache.metrics import CONTENT_TYPE, AgentCollector, exposition, registry
 
         if self._registry is None:
