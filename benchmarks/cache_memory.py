@@ -4,8 +4,8 @@ Builds the agent's Resolver with the default four zones (cluster.local,
 in-addr.arpa, ip6.arpa, .) and their default capacities (9984 success and
 9984 denial entries each), stores realistic answers into every cache until it
 is full (about 100-byte replies: three A records, or an NXDOMAIN with its SOA),
-replays each once a second later (so each entry also holds its TTL-lowered
-copy), and prints what that cost: resident memory (VmRSS) before and after,
+replays each once a second later (so each entry's one body is rendered again
+with lowered TTLs), and prints what that cost: resident memory (VmRSS) before and after,
 the caches' own byte accounting, and with --tracemalloc tracemalloc's count
 and the per-entry overhead beyond the reply's own bytes (tracemalloc's own
 bookkeeping then inflates the RSS figure, so measure RSS without it). In

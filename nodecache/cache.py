@@ -1,14 +1,16 @@
 """The answer cache: what is cacheable, for how long, and how a hit is rendered.
 
 Design notes:
-- Each zone has two bounded LRU caches (cachetools), success and denial, as
+- Each zone has two bounded LRU caches (an OrderedDict each), success and denial, as
   CoreDNS does, so a flood of NXDOMAINs cannot push out good answers.
 - Expiry is checked on read, not by the container: an entry must outlive its
   TTL by the serve-stale window (RFC 8767), so a TTL cache that drops entries
   at expiry is the wrong tool. A periodic `purge` drops what is past the
   window; the LRU bound keeps memory fixed in between.
 - An entry keeps the upstream reply as bytes with the TTL offsets found once
-  on the miss, so a hit is a few slices and a join (see `Entry.reply`).
+  on the miss, so a hit is a few slices and a join (see `Entry.reply`). It
+  keeps one body, re-rendered at most once a second, and shares its headers
+  and packed TTLs with like entries: about 400 bytes with a 100-byte answer.
 - A hit is counted on the entry's `tally`: a list of four ints (UDP/TCP over
   IPv4/IPv6) shared by every entry of the same zone, kind, rcode and qtype.
   One list add records requests, hits and responses by all the labels the
@@ -25,9 +27,9 @@ from __future__ import annotations
 
 import enum
 import sys
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
-
-from cachetools import Cache, LRUCache
+from typing import TypeVar
 
 from nodecache import wire
 from nodecache.config import CachePolicy
@@ -40,15 +42,36 @@ VIAS = 4
 Tally = list[int]
 
 MAX_CUTS = 4  # truncation points an entry remembers (one per client size limit seen)
-# What one key costs a cachetools LRUCache beyond the key and the entry
-# themselves: its slot in the data dict and in the recency OrderedDict,
-# amortised over the tables' growth. Measured with tracemalloc on CPython
-# 3.11 / cachetools 8: 104 bytes a key from 5,000 to 20,000 keys (122 at 1,000).
-LRU_SLOT_BYTES = 104
-# Entry slots that hold objects shared with other entries, or not yet set when
-# the size is taken: not charged through the slot walk.
-_SHARED_SLOTS = frozenset(("kind", "tally", "size"))
-_SMALL_INT_LOW, _SMALL_INT_HIGH = -5, 256  # CPython keeps one shared object for each of these
+# What one key costs the LRU beyond the key and the entry themselves: its slot
+# in the OrderedDict's table and its link node, amortised over the table's
+# growth. Measured with tracemalloc on CPython 3.11: 75 bytes a key from 5,000
+# to 10,000 keys (85 at 2,000), so the figure is exact for a full default cache.
+LRU_SLOT_BYTES = 75
+# Values entries share instead of each keeping a copy: the header variants with
+# the OPT record (one per flags and counts), and the packed TTL maps (one per
+# record layout and TTLs). Bounded: past it, new values are kept per entry and
+# charged to it. The table itself is at most a few hundred KiB.
+INDEX_SLOT_BYTES = 30  # a plain dict's slot (the NXDOMAIN index), likewise at 9,984 keys (30 to 59 as it grows)
+MAX_SHARED = 4096
+_shared: dict[object, object] = {}
+_FLOAT_BYTES = sys.getsizeof(0.0)
+# An entry's shared part: four headers, the OPT record, the stale window (see Entry.__init__).
+Shape = tuple[bytes, bytes, bytes, bytes, bytes, int]
+_T = TypeVar("_T", bytes, Shape)
+
+
+def _share(value: _T) -> _T:
+    """The one shared copy of `value` (or `value` itself once the table is full)."""
+    found = _shared.get(value)
+    if found is not None:
+        return found  # type: ignore[return-value]
+    if len(_shared) < MAX_SHARED:
+        _shared[value] = value
+    return value
+
+
+def _is_shared(value: object) -> bool:
+    return _shared.get(value) is value
 
 
 class Kind(enum.Enum):
@@ -120,25 +143,27 @@ def _clamp(ttl: int, low: int, high: int) -> int:
 
 
 class Entry:
-    """One cached reply, ready to be replayed to any client with the same key."""
+    """One cached reply, ready to be replayed to any client with the same key.
+
+    Memory (see docs/performance.md): one body per entry, the one last
+    rendered, with its TTLs lowered by `_at` seconds; the original TTLs and
+    where they sit are kept packed (`_ttls`, 6 bytes a record), so a body of
+    any second is rendered from them, once per second per entry at most. The
+    four header variants and the OPT record (`_shape`) and the packed TTLs
+    are shared with every entry that has the same ones (`_share`).
+    """
 
     __slots__ = (
         "kind",
-        "rcode",
-        "stored",
         "expires",
-        "stale_until",
         "hits",
-        "size",
         "tally",
-        "_heads",
+        "_life",
+        "_shape",
         "_cuts",
-        "_opt",
         "_body",
-        "_offsets",
         "_ttls",
         "_at",
-        "_body_at",
     )
 
     def __init__(
@@ -153,33 +178,50 @@ class Entry:
         ttl_cap: int,
     ) -> None:
         self.kind = kind
-        self.rcode = scan.rcode
-        self.stored = now
         self.expires = now + ttl
-        self.stale_until = self.expires + stale
+        self._life = ttl  # so `stored` is `expires - _life`: one float per entry, not two
         self.hits = 0
         self.tally: Tally = [0] * VIAS  # replaced by the zone's shared tally when stored
         # Served TTLs never exceed what the cache itself keeps: a client must
         # not hold a record longer than we would.
-        self._ttls = [t if t < ttl_cap else ttl_cap for t in scan.ttls]
-        self._offsets = scan.ttl_offsets
-        self._body = wire.with_ttls(scan.body, self._offsets, self._ttls, 0)
+        self._ttls = _share(wire.pack_ttls(scan.ttl_offsets, [t if t < ttl_cap else ttl_cap for t in scan.ttls]))
+        self._body = wire.with_packed_ttls(scan.body, self._ttls, 0)
         self._at = 0
-        self._body_at = self._body
-        self._opt = wire.opt_record(payload, do, scan.rcode >> 4)
         flags1 = wire.QR  # AA off: a cached answer is not authoritative (as CoreDNS)
         flags2 = wire.RA | (scan.flags & (wire.CD | 0x0F))
         if do:
             flags2 |= scan.flags & wire.AD
         counts = (0, 1, scan.answers >> 8, scan.answers & 0xFF, scan.authority >> 8, scan.authority & 0xFF)
         ar = scan.additional
-        # Four variants, indexed by (client RD bit) | (client sent OPT) << 1.
-        self._heads = tuple(
-            bytes((flags1 | (i & 1), flags2, *counts, (ar + (i >> 1)) >> 8, (ar + (i >> 1)) & 0xFF))
-            for i in range(4)
-        )
+        heads = [
+            bytes((flags1 | (i & 1), flags2, *counts, (ar + (i >> 1)) >> 8, (ar + (i >> 1)) & 0xFF)) for i in range(4)
+        ]
+        # Four header variants, indexed by (client RD bit) | (client sent OPT) << 1; the OPT record
+        # (whose extended rcode and the header's make `rcode`); the stale window, for `stale_until`.
+        opt = wire.opt_record(payload, do, scan.rcode >> 4)
+        self._shape: Shape = _share((heads[0], heads[1], heads[2], heads[3], opt, stale))
         self._cuts: dict[int, tuple[int, tuple[bytes, bytes]]] | None = None  # see `_truncated`
-        self.size = footprint(self)
+
+    @property
+    def stored(self) -> float:
+        """When the entry was made (the clock's seconds)."""
+        return self.expires - self._life
+
+    @property
+    def rcode(self) -> int:
+        """The reply's rcode, extended bits included."""
+        shape = self._shape
+        return shape[0][1] & 0x0F | shape[4][5] << 4
+
+    @property
+    def stale_until(self) -> float:
+        """Until when the entry may be served stale (RFC 8767): its expiry plus the stale window."""
+        return self.expires + self._shape[5]
+
+    @property
+    def size(self) -> int:
+        """Bytes the entry holds (see `footprint`)."""
+        return footprint(self)
 
     def reply(self, data: bytes, qend: int, edns: int, limit: int, now: float) -> bytes:
         """This answer for the query `data`: its ID, its exact question, our TTLs.
@@ -187,24 +229,25 @@ class Entry:
         `limit` is the largest reply the client can take (65535 over TCP).
         A larger reply carries as many whole records as fit (`_truncated`).
         """
-        elapsed = int(now - self.stored)
+        elapsed = int(now - self.expires + self._life)
         if elapsed != self._at:
-            self._body_at = wire.with_ttls(self._body, self._offsets, self._ttls, elapsed)
+            self._body = wire.with_packed_ttls(self._body, self._ttls, elapsed)
             self._at = elapsed
-        v = (data[2] & 1) | (edns << 1)
+        shape = self._shape
         if edns:
-            out = data[:2] + self._heads[v] + data[12:qend] + self._body_at + self._opt
+            out = data[:2] + (shape[3] if data[2] & 1 else shape[2]) + data[12:qend] + self._body + shape[4]
         else:
-            out = data[:2] + self._heads[v] + data[12:qend] + self._body_at
+            out = data[:2] + (shape[1] if data[2] & 1 else shape[0]) + data[12:qend] + self._body
         if len(out) > limit:
-            out = self._truncated(data, qend, edns, limit, self._body_at)
+            out = self._truncated(data, qend, edns, limit, self._body)
         return out
 
     def stale_reply(self, data: bytes, qend: int, edns: int, limit: int, stale_ttl: int) -> bytes:
         """The answer past its expiry, every TTL set to `stale_ttl` (RFC 8767 4)."""
-        body = wire.with_ttls(self._body, self._offsets, [stale_ttl] * len(self._ttls), 0)
-        v = (data[2] & 1) | (edns << 1)
-        out = data[:2] + self._heads[v] + data[12:qend] + body + (self._opt if edns else b"")
+        body = wire.with_packed_ttls(self._body, self._ttls, 0, stale_ttl)
+        shape = self._shape
+        head = (shape[3] if data[2] & 1 else shape[2]) if edns else (shape[1] if data[2] & 1 else shape[0])
+        out = data[:2] + head + data[12:qend] + body + (shape[4] if edns else b"")
         if len(out) > limit:
             out = self._truncated(data, qend, edns, limit, body)
         return out
@@ -231,11 +274,11 @@ class Entry:
                 cuts.clear()
             cut = cuts[key] = self._cut(room, edns)
         end, heads = cut
-        return data[:2] + heads[data[2] & 1] + data[12:qend] + body[:end] + (self._opt if edns else b"")
+        return data[:2] + heads[data[2] & 1] + data[12:qend] + body[:end] + (self._shape[4] if edns else b"")
 
     def _cut(self, room: int, edns: int) -> tuple[int, tuple[bytes, bytes]]:
         """Where to cut the body for `room` bytes, and the two headers (RD clear, set) saying so."""
-        h = self._heads[0]
+        h = self._shape[0]
         an, ns, ar = h[4] << 8 | h[5], h[6] << 8 | h[7], h[8] << 8 | h[9]
         end = kept = 0
         while kept < an + ns + ar:
@@ -255,99 +298,146 @@ class Entry:
 def footprint(entry: Entry) -> int:
     """Bytes `entry` holds: itself and every object only it refers to (sys.getsizeof).
 
-    Bodies, header tuples, the OPT record, TTL and offset lists, the floats.
-    Replays after the entry's first second keep a second, TTL-lowered copy of
-    the body in `_body_at`; until then `_body_at` is `_body`, and counting
-    both slots reserves that copy up front. So the size never changes after
-    the entry is made and no hit has to account for anything. Computed on
-    the miss path only (a few microseconds). Small ints and None are shared
-    by the interpreter and cost nothing.
+    The entry, its body (rendered again each second, always the same
+    length), its expiry (a float), and its header shape and packed TTLs when they
+    are its own rather than shared (`_share`). The rest is shared or small:
+    kind, tally and stale window belong to the zone; small ints and None are
+    the interpreter's. So the size never changes after the entry is made, no
+    hit has to account for anything, and the size need not be stored: it is
+    computed again when the entry leaves. Truncation points (`_cuts`), made
+    only for replies larger than a client takes, are not counted.
     """
     size = sys.getsizeof
-    total = size(entry)
-    for name in _CHARGED_SLOTS:
-        value = getattr(entry, name, None)
-        if value is None or (type(value) is int and _SMALL_INT_LOW <= value <= _SMALL_INT_HIGH):
-            continue
-        total += size(value)
-        if type(value) is tuple or type(value) is list:
-            for item in value:
-                if not (type(item) is int and _SMALL_INT_LOW <= item <= _SMALL_INT_HIGH):
-                    total += size(item)
-    return total + size(total)  # the size itself, an int object of its own
-
-
-_CHARGED_SLOTS = tuple(name for name in Entry.__slots__ if name not in _SHARED_SLOTS)
+    total = size(entry) + size(entry._body) + _FLOAT_BYTES
+    if not _is_shared(entry._ttls):
+        total += size(entry._ttls)
+    shape = entry._shape
+    if not _is_shared(shape):
+        total += size(shape) + sum(size(shape[i]) for i in range(5))
+    return total
 
 
 def slot_size(key: bytes, entry: Entry) -> int:
     """Bytes a stored entry costs: the entry, its key, and its slot in the LRU."""
-    return entry.size + sys.getsizeof(key) + LRU_SLOT_BYTES
+    return footprint(entry) + sys.getsizeof(key) + LRU_SLOT_BYTES
 
 
-class _CountingLRU(LRUCache):  # type: ignore[type-arg]
-    """An LRU that counts what it had to evict, and the bytes it holds (`slot_size` of each entry).
+class _CountingLRU:
+    """A least-recently-used map of key to Entry that counts evictions and the bytes it holds.
 
-    Bytes are kept up to date on every insert and removal (misses, evictions,
-    purges, flushes), never on a hit, so reading them costs nothing.
+    An OrderedDict alone: a read moves the key to the end, the first key is
+    the least recently used. Leaner than cachetools' LRUCache (a dict plus
+    an OrderedDict, 104 bytes a key against 75) and one call per hit. Bytes
+    (`slot_size` of each entry) are kept up to date on every insert and
+    removal (misses, evictions, purges, flushes), never on a hit, so reading
+    them costs nothing. Every removal goes through `__delitem__`.
     """
 
     def __init__(self, maxsize: int) -> None:
-        super().__init__(maxsize)
+        self.maxsize = maxsize
+        self._data: OrderedDict[bytes, Entry] = OrderedDict()
         self.evictions = 0  # every eviction, for capacity or for memory
         self.memory_evictions = 0  # those made to stay within the MemoryBudget
         self.bytes = 0
         # For the denial LRU: _cut_key(key) -> key of a plain NXDOMAIN (see `cuts_below`).
         self.cut_index: dict[bytes, bytes] | None = None
 
-    def popitem(self) -> tuple[bytes, Entry]:
-        item = super().popitem()
-        self.evictions += 1
-        return item
+    def __len__(self) -> int:
+        return len(self._data)
 
-    def evict_for_memory(self) -> int:
-        """Drop the least recently used entry to free memory; return the bytes freed."""
-        key, entry = super().popitem()
-        self.evictions += 1
-        self.memory_evictions += 1
-        return slot_size(key, entry)
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._data
 
-    def __setitem__(self, key: bytes, entry: Entry) -> None:
-        if key in self:
-            self.bytes -= slot_size(key, Cache.__getitem__(self, key))
-        super().__setitem__(key, entry)
-        self.bytes += slot_size(key, entry)
+    def keys(self) -> list[bytes]:
+        """The keys, least recently used first (a copy: safe to remove while walking it)."""
+        return list(self._data)
 
-    def __delitem__(self, key: bytes) -> None:
-        size = slot_size(key, Cache.__getitem__(self, key))
-        super().__delitem__(key)
-        self.bytes -= size
-        index = self.cut_index
-        if index:  # every removal (evictions too) comes through here: no index entry outlives its entry
-            ck = _cut_key(key)
-            if index.get(ck) == key:
-                del index[ck]
-
-    def clear(self) -> None:
-        super().clear()
-        self.bytes = 0
-        if self.cut_index:
-            self.cut_index.clear()
+    def get(self, key: bytes) -> Entry | None:
+        """The entry for `key`, now marked as the most recently used."""
+        entry = self._data.get(key)
+        if entry is not None:
+            self._data.move_to_end(key)
+        return entry
 
     def peek(self, key: bytes) -> Entry | None:
-        """The entry for `key` without marking it used (LRUCache's own reads move it to the end)."""
-        return Cache.__getitem__(self, key) if key in self else None  # type: ignore[no-any-return]
+        """The entry for `key` without marking it used."""
+        return self._data.get(key)
 
     def peek_items(self) -> Iterator[tuple[bytes, Entry]]:
         """Every (key, entry) without touching recency: for purges, flushes and stats.
 
-        Iterating `items()` would read each entry through LRUCache.__getitem__ and
-        so mark every one as just used; a flood of new names would then evict
-        the hottest names first.
+        Marking every entry as just used would make a flood of new names
+        evict the hottest names first. The keys are copied first, so the
+        caller may remove entries while walking.
         """
-        read = Cache.__getitem__
-        for key in list(self.keys()):
-            yield key, read(self, key)
+        data = self._data
+        for key in list(data):
+            entry = data.get(key)
+            if entry is not None:
+                yield key, entry
+
+    def __setitem__(self, key: bytes, entry: Entry) -> None:
+        data = self._data
+        old = data.get(key)
+        if old is not None:
+            self.bytes -= slot_size(key, old)
+            data.move_to_end(key)
+        elif len(data) >= self.maxsize:
+            self.popitem()
+        data[key] = entry
+        self.bytes += slot_size(key, entry)
+
+    def __delitem__(self, key: bytes) -> None:
+        entry = self._data.pop(key)
+        self.bytes -= slot_size(key, entry)
+        if self.cut_index:  # every removal (evictions too) comes through here: no index entry outlives its entry
+            self.unindex_cut(key)
+
+    def pop(self, key: bytes, default: Entry | None = None) -> Entry | None:
+        """Remove and return the entry for `key` (or `default`)."""
+        entry = self._data.get(key)
+        if entry is None:
+            return default
+        del self[key]
+        return entry
+
+    def popitem(self) -> tuple[bytes, Entry]:
+        """Evict the least recently used entry (a capacity eviction)."""
+        key = next(iter(self._data))
+        entry = self._data[key]
+        del self[key]
+        self.evictions += 1
+        return key, entry
+
+    def evict_for_memory(self) -> int:
+        """Drop the least recently used entry to free memory; return the bytes freed."""
+        key, entry = self.popitem()
+        self.memory_evictions += 1
+        return slot_size(key, entry)
+
+    def clear(self) -> None:
+        self._data.clear()
+        self.bytes = 0
+        if self.cut_index:
+            self.cut_index.clear()
+
+    def index_cut(self, key: bytes) -> None:
+        """Index the plain NXDOMAIN stored at `key` by its name (RFC 8020), charging the index's bytes."""
+        index = self.cut_index
+        assert index is not None
+        ck = _cut_key(key)
+        if ck not in index:
+            self.bytes += sys.getsizeof(ck) + INDEX_SLOT_BYTES
+        index[ck] = key
+
+    def unindex_cut(self, key: bytes) -> None:
+        """Forget the index entry of `key`'s name if it points at `key`."""
+        index = self.cut_index
+        assert index is not None
+        ck = _cut_key(key)
+        if index.get(ck) == key:
+            del index[ck]
+            self.bytes -= sys.getsizeof(ck) + INDEX_SLOT_BYTES
 
 
 class ZoneCache:
@@ -420,13 +510,10 @@ class ZoneCache:
             return entry  # never hide a good answer, fresh or still servable stale, behind a failure
         if p.denial_capacity > 0:
             self._put(self.denial, key, entry)
-            index = self.denial.cut_index
-            assert index is not None
-            ck = _cut_key(key)
             if cut:
-                index[ck] = key
-            elif index.get(ck) == key:  # a failure replaced the NXDOMAIN that was indexed
-                del index[ck]
+                self.denial.index_cut(key)
+            else:  # a failure may have replaced the NXDOMAIN that was indexed
+                self.denial.unindex_cut(key)
         return entry
 
     def nxdomain_above(self, key: bytes, apex_len: int) -> Entry | None:

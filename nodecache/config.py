@@ -86,17 +86,13 @@ DEFAULT_LAMEDUCK = 5.0
 DEFAULT_QUERY_LOG_SAMPLE = 1.0  # with --query-log: the share of queries logged
 
 # Cache memory budget (--cache-memory), over every zone's caches, in bytes as
-# cache.footprint counts them (within a few percent of tracemalloc's figure).
-# An answer of ~100 bytes costs about 1.3 KB cached, so the default 4 zones x
-# 2 caches x 9984 entries could reach ~100 MiB if all filled. The DaemonSet
-# requests 64 MiB; the agent takes about 31 MiB with empty caches, so 24 MiB
-# of answers (~29 MiB resident in benchmarks/cache_memory.py: the allocator
-# adds ~20%) keeps a full agent at its request: measured, an agent flooded
-# with 24,000 distinct names until the budget evicted held 63 MiB. That is
-# ~19,000 typical answers, about the cluster zone's success and denial caches
-# both full, which is where a node's repeated lookups are.
+# cache.footprint counts them (within 1% of tracemalloc's figure). An answer of
+# ~100 bytes costs about 420 bytes cached, so the default 4 zones x 2 caches x
+# 9984 entries take ~35 MiB resident if all filled, and the budget rarely
+# binds: it bounds larger answers (a big headless service) and keeps the agent
+# near its 64 MiB request; the agent takes about 29 MiB with empty caches.
 DEFAULT_CACHE_MEMORY = 24 * 1024 * 1024
-MIN_CACHE_MEMORY = 1024 * 1024  # a few of the largest answers (64 KiB, kept twice) must fit
+MIN_CACHE_MEMORY = 1024 * 1024  # a few of the largest answers (64 KiB each) must fit
 _SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
 
 

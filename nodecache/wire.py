@@ -14,6 +14,7 @@ Layout reminders (RFC 1035 4.1): a 12-byte header (ID, two flag bytes, four
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -414,6 +415,27 @@ def with_ttls(body: bytes, offsets: list[int], ttls: list[int], elapsed: int) ->
     out = bytearray(body)
     for off, ttl in zip(offsets, ttls):
         t = ttl - elapsed
+        if t < 0:
+            t = 0
+        out[off : off + 4] = t.to_bytes(4, "big")
+    return bytes(out)
+
+
+# One TTL field of a cached body, packed: its offset (16 bits: a body is under 64 KiB) and its TTL.
+_TTL_FIELD = struct.Struct("!HI")
+TTL_FIELD_LEN = _TTL_FIELD.size
+
+
+def pack_ttls(offsets: list[int], ttls: list[int]) -> bytes:
+    """Offsets and TTLs as one bytes object, 6 bytes a record: what a cache entry keeps (see cache.Entry)."""
+    return b"".join([_TTL_FIELD.pack(off, ttl) for off, ttl in zip(offsets, ttls)])
+
+
+def with_packed_ttls(body: bytes, packed: bytes, elapsed: int, fixed: int = -1) -> bytes:
+    """`body` with each packed TTL lowered by `elapsed` seconds (never below 0), or all set to `fixed` (>= 0)."""
+    out = bytearray(body)
+    for off, ttl in _TTL_FIELD.iter_unpack(packed):
+        t = fixed if fixed >= 0 else ttl - elapsed
         if t < 0:
             t = 0
         out[off : off + 4] = t.to_bytes(4, "big")

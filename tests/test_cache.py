@@ -7,6 +7,7 @@ dnslib. Time is a fake clock (a float in a closure), so nothing here sleeps or m
 from __future__ import annotations
 
 import gc
+import sys
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,8 +16,8 @@ import pytest
 from dnslib import NS, QTYPE, RR
 
 from nodecache import wire
-from nodecache.cache import Entry, Kind, MemoryBudget, ZoneCache, classify, lifetime, slot_size
-from nodecache.config import CachePolicy
+from nodecache.cache import INDEX_SLOT_BYTES, Entry, Kind, MemoryBudget, ZoneCache, classify, lifetime, slot_size
+from nodecache.config import DEFAULT_CAPACITY, CachePolicy
 from tests.dnsmsg import a, cname, full_rcode, opt, opt_of, parse, query, question_bytes, records, reply, soa, ttls_of
 
 NAME = "www.example.com."
@@ -791,17 +792,25 @@ def _measured_growth(count: int) -> tuple[ZoneCache, int, int]:
 
 
 def test_accounted_bytes_match_measured_memory() -> None:
-    """The cache's byte total is what tracemalloc sees it take, within 25%, before and after hits.
+    """The cache's byte total is what tracemalloc sees it take, within 1% for a full default cache.
 
-    An entry keeps a second, TTL-lowered copy of its body once it is replayed
-    after its first second; the accounting reserves it from the start, so the
-    total does not move on a hit.
+    Replays after the first second render the body with lowered TTLs in
+    place of the old one: memory does not grow with hits, and the total does
+    not move on a hit.
     """
-    cache, stored, replayed = _measured_growth(2000)
+    cache, stored, replayed = _measured_growth(DEFAULT_CAPACITY)
     accounted = cache.bytes
-    assert replayed > stored  # the second body copies exist
-    assert 0.75 * stored <= accounted <= 1.25 * stored, (accounted, stored)
-    assert 0.75 * replayed <= accounted <= 1.25 * replayed, (accounted, replayed)
+    assert replayed <= stored * 1.001  # one body per entry, before and after hits
+    assert abs(accounted - stored) <= 0.01 * stored, (accounted, stored)
+    assert abs(accounted - replayed) <= 0.01 * replayed, (accounted, replayed)
+
+
+def _charged(cache: ZoneCache) -> int:
+    """What the cache should be charged: every entry's slot and every NXDOMAIN index entry."""
+    index = cache.denial.cut_index or {}
+    return sum(slot_size(k, e) for k, e in cache.entries()) + sum(
+        sys.getsizeof(ck) + INDEX_SLOT_BYTES for ck in index
+    )
 
 
 def test_byte_total_follows_removals(clock: FakeClock) -> None:
@@ -816,9 +825,9 @@ def test_byte_total_follows_removals(clock: FakeClock) -> None:
     for n in ("b.example.com.", "c.example.com.", "d.example.com."):  # a is evicted
         cache.store(key_for(n), positive(60, n), False, 1232)
     cache.store(key_for("nx.example.com."), nxdomain(name="nx.example.com."), False, 1232)
-    assert cache.bytes == sum(slot_size(k, e) for k, e in cache.entries())
+    assert cache.bytes == _charged(cache) and cache.denial.cut_index  # the NXDOMAIN's index entry is charged too
     cache.flush(lambda k: k == key_for("b.example.com."))
-    assert cache.bytes == sum(slot_size(k, e) for k, e in cache.entries())
+    assert cache.bytes == _charged(cache)
     clock.advance(3600 + 3600)  # past expiry and the default stale window
     cache.purge()
     assert cache.bytes == 0 and stored_keys(cache) == []

@@ -8,6 +8,10 @@ stats report and a /metrics scrape parsed with prometheus_client.
 from __future__ import annotations
 
 import asyncio
+import gc
+import subprocess
+import sys
+import tracemalloc
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,21 +19,24 @@ import click
 import pytest
 from dnslib import EDNS0, RCODE, DNSRecord
 
+from nodecache import cache as cache_module
 from nodecache import wire
 from nodecache.cache import Kind, ZoneCache
 from nodecache.cli import build_config, run
-from nodecache.config import DEFAULT_CACHE_MEMORY, Address, CachePolicy, Config
+from nodecache.config import DEFAULT_CACHE_MEMORY, DEFAULT_CAPACITY, Address, CachePolicy, Config
 from nodecache.counters import COUNTED_RCODES, COUNTED_TYPES, OTHER_RCODE, OTHER_TYPE, counted_type
 from nodecache.dnstext import rcode_name
 from nodecache.resolver import Resolver
 from nodecache.stats import render, report
 from nodecache.upstream import Upstream
+from tests import dnsmsg
 from tests.conftest import ask_udp, make_config, running, with_zone
 from tests.support.fakeupstream import FakeUpstream
 from tests.support.http import scrape, value
 from tests.support.net import free_port
 
 BUDGET = 1024 * 1024  # the smallest budget a Config accepts
+FLOOD = 5000  # distinct answers: about 1.6 MiB cached (~320 bytes each here), past BUDGET
 BATCH = 50  # queries in flight at once while flooding
 TYPE_BATCH = 200
 HIT_TYPES = 500
@@ -79,12 +86,12 @@ async def test_budget_bounds_a_flood_and_shows_in_stats_and_metrics(upstream: Fa
         denied = await flood(port, [f"nx{i}.default.svc.cluster.local" for i in range(200)])
         assert all(r is not None and DNSRecord.parse(r).header.rcode == RCODE.NXDOMAIN for r in denied)
         assert len(cluster.denial) == 200
-        answered = await flood(port, [f"p{i}.wild.cluster.local" for i in range(1200)])
+        answered = await flood(port, [f"p{i}.wild.cluster.local" for i in range(FLOOD)])
         assert all(r is not None and DNSRecord.parse(r).header.rcode == RCODE.NOERROR for r in answered)
         assert resolver.budget.used <= BUDGET
         assert len(cluster.denial) == 0  # every denial made room before any answer did
-        assert 500 < len(cluster.success) < 1200
-        assert cluster.memory_evictions == 200 + 1200 - len(cluster.success)
+        assert FLOOD // 2 < len(cluster.success) < FLOOD
+        assert cluster.memory_evictions == 200 + FLOOD - len(cluster.success)
         stats = report(resolver, started=0.0, listen=[("127.0.0.1", port)], ready=True, not_ready=None)
         metrics = await asyncio.to_thread(scrape, "127.0.0.1", metrics_port)
     assert stats["cache"]["memory"] == {"budget": BUDGET, "used": resolver.budget.used}
@@ -105,7 +112,7 @@ async def test_a_reload_applies_a_lower_budget_at_once(upstream: FakeUpstream) -
     config = agent_config(upstream, 0)
     async with running(config) as srv:
         port = srv.bound[0][1]
-        names = [f"r{i}.wild.cluster.local" for i in range(1500)]
+        names = [f"r{i}.wild.cluster.local" for i in range(FLOOD)]
         await flood(port, names)
         resolver = srv.resolver
         assert resolver.budget.used > BUDGET
@@ -204,3 +211,124 @@ def test_stats_text_says_the_budget(cache_memory: int, shown: str) -> None:
         assert "0 evictions (0 for memory)" in render(data) and "budget" not in render(data)
     finally:
         resolver.close()
+
+
+# ---------------------------------------------------------------------------- what an entry costs
+
+OVERHEAD_TARGET = 400  # issue 10: bytes an entry may cost beyond its answer's own bytes
+IDLE_RSS_BOUND = 32 * 2**20  # measured ~29 MiB on CPython 3.11 / uvloop (docs/performance.md)
+STARTUP = 3.0  # seconds an idle agent gets to start before its RSS is read
+
+
+def _answers(count: int) -> list[tuple[bytes, bytes]]:
+    """(query, reply) pairs of ~100-byte answers: three A records each, as the cluster zone gives."""
+    out = []
+    for i in range(count):
+        name = f"svc{i:05d}.default.svc.cluster.local."
+        out.append((dnsmsg.query(name), dnsmsg.reply(name, answers=[dnsmsg.a(name, 30, f"192.0.2.{j + 1}") for j in range(3)])))
+    return out
+
+
+def _stored(msgs: list[tuple[bytes, bytes]]) -> tuple[ZoneCache, int]:
+    """Store every reply in one zone cache while tracemalloc watches; the cache and the bytes it grew by."""
+    t = [1000.0]
+    cache = ZoneCache(CachePolicy(success_capacity=len(msgs)), lambda: t[0] + 0.0)  # a new float a read
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for q, msg in msgs:
+            qs = wire.scan_query(q)
+            cache.store(qs.key, wire.scan_reply(msg, qs.lname, qs.key[len(qs.lname) : len(qs.lname) + 4]), False, 1232)
+        del qs
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    return cache, grown
+
+
+def test_an_entry_costs_at_most_400_bytes_beyond_its_answer() -> None:
+    """A full default cache of typical answers: each entry, with its key and LRU slot, within the target."""
+    msgs = _answers(DEFAULT_CAPACITY)
+    cache, grown = _stored(msgs)
+    assert len(cache.success) == DEFAULT_CAPACITY
+    answer_bytes = sum(len(m) for _, m in msgs)
+    overhead = (grown - answer_bytes) / DEFAULT_CAPACITY
+    assert 0 < overhead <= OVERHEAD_TARGET, overhead
+
+
+def test_like_entries_share_their_headers_and_ttls_within_a_bound() -> None:
+    """Entries with the same flags, counts and TTL layout share one copy; the shared table stays bounded."""
+    cache, _ = _stored(_answers(50))
+    entries = [e for _, e in cache.entries()]
+    assert len({id(e._shape) for e in entries}) == 1 and len({id(e._ttls) for e in entries}) == 1
+    shared_size = entries[0].size
+    before = dict(cache_module._shared)
+    try:
+        cache_module._shared.clear()
+        cache_module._shared.update({i: i for i in range(cache_module.MAX_SHARED)})  # full
+        lone, _ = _stored(_answers(2))
+        shapes = [e._shape for _, e in lone.entries()]
+        assert shapes[0] == shapes[1] and shapes[0] is not shapes[1]  # no room: each keeps its own, charged to it
+        assert len(cache_module._shared) == cache_module.MAX_SHARED
+        assert [e for _, e in lone.entries()][0].size > shared_size  # the own copies are counted
+    finally:
+        cache_module._shared.clear()
+        cache_module._shared.update(before)
+
+
+@pytest.mark.slow
+def test_idle_agent_stays_small_and_loads_no_optional_library(tmp_path: Path) -> None:
+    """A started agent, not yet scraped, holds neither prometheus_client, dnslib nor pyroute2, and its RSS stays bounded."""
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\n")
+    script = tmp_path / "idle.py"
+    script.write_text(IDLE_PROBE)
+    port = free_port()
+    argv = [sys.executable, str(script), "run", "--no-setup-interface", "--no-setup-iptables",
+            "--listen", "127.0.0.1", "--port", str(port), "--upstream", "127.0.0.1:9",
+            "--node-resolv-conf", str(resolv), "--control-socket", str(tmp_path / "control.sock"),
+            "--metrics-address", f"127.0.0.1:{free_port()}", "--health-address", f"127.0.0.1:{free_port()}",
+            "--lameduck", "0"]  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    report = [line for line in out.stdout.splitlines() if line.startswith("idle ")]
+    assert report, out.stderr[-2000:]
+    _, rss, loaded = report[0].split(" ", 2)
+    assert loaded == "-", f"loaded at start: {loaded}"
+    assert int(rss) * 1024 <= IDLE_RSS_BOUND, f"idle RSS {int(rss) / 1024:.1f} MiB"
+
+
+# Runs the agent's CLI in-process and, once it serves, prints its VmRSS (KiB) and which optional
+# libraries it loaded, then stops it with SIGTERM (the agent's own shutdown).
+IDLE_PROBE = f"""
+import os, signal, sys
+
+def report():
+    rss = [l.split()[1] for l in open("/proc/self/status") if l.startswith("VmRSS:")][0]
+    loaded = [m for m in ("prometheus_client", "dnslib", "pyroute2") if m in sys.modules]
+    print("idle", rss, ",".join(loaded) or "-", flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+signal.signal(signal.SIGALRM, lambda *a: report())
+signal.alarm({int(STARTUP)})
+sys.argv[0] = "nodecache"
+from nodecache.cli import main
+main()
+"""
+
+
+FULL_CACHES_GROWTH_BOUND = 40 * 2**20  # measured 34.7 MiB; with ~29 MiB idle, under the 64 MiB request
+
+
+@pytest.mark.slow
+def test_every_default_cache_full_fits_beside_an_idle_agent() -> None:
+    """benchmarks/cache_memory.py with no budget: all eight default caches full grow RSS by under 40 MiB."""
+    script = Path(__file__).parent.parent / "benchmarks" / "cache_memory.py"
+    out = subprocess.run([sys.executable, str(script), "--cache-memory", "0"], capture_output=True, text=True,
+                         timeout=300, check=True)  # fmt: skip
+    lines = dict(line.split(None, 1) for line in out.stdout.splitlines() if line.strip())
+    held, total = lines["entries"].split()[1], lines["entries"].split()[3].rstrip(",")
+    assert held == total == str(4 * 2 * DEFAULT_CAPACITY)
+    grown_mib = float(lines["RSS"].split()[1])
+    assert grown_mib * 2**20 <= FULL_CACHES_GROWTH_BOUND, out.stdout
