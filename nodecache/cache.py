@@ -129,6 +129,7 @@ class Entry:
         "expires",
         "stale_until",
         "hits",
+        "seen",  # last ask, with prefetch on only (prefetch.py); unset otherwise, so it costs no object
         "size",
         "tally",
         "_heads",
@@ -140,6 +141,7 @@ class Entry:
         "_at",
         "_body_at",
     )
+    seen: float  # set by prefetch.py's lookup only
 
     def __init__(
         self,
@@ -250,6 +252,23 @@ class Entry:
         flags1 = wire.QR | (wire.TC if kept < an + ns else 0)
         counts = (0, 1, k_an >> 8, k_an & 0xFF, k_ns >> 8, k_ns & 0xFF, k_ar >> 8, k_ar & 0xFF)
         return end, (bytes((flags1, h[1], *counts)), bytes((flags1 | wire.RD, h[1], *counts)))
+
+
+class KeptTtlEntry(Entry):
+    """An entry of a zone with `keepttl` (CoreDNS): replayed with its TTLs as stored, never counted down.
+
+    A subclass, so zones without keepttl run `Entry.reply` unchanged and pay nothing for it.
+    """
+
+    __slots__ = ()
+
+    def reply(self, data: bytes, qend: int, edns: int, limit: int, now: float) -> bytes:
+        """This answer for the query `data`, with the TTLs it was stored with (see `Entry.reply`)."""
+        v = (data[2] & 1) | (edns << 1)
+        out = data[:2] + self._heads[v] + data[12:qend] + self._body + (self._opt if edns else b"")
+        if len(out) > limit:
+            out = self._truncated(data, qend, edns, limit, self._body)
+        return out
 
 
 def footprint(entry: Entry) -> int:
@@ -405,7 +424,8 @@ class ZoneCache:
         ttl = lifetime(kind, scan, self.policy)
         p = self.policy
         cap = p.success_max_ttl if kind is Kind.SUCCESS else ttl
-        entry = Entry(scan, kind, do, payload, now, ttl, p.stale_window if kind is not Kind.SERVFAIL else 0, cap)
+        make = KeptTtlEntry if p.keepttl else Entry
+        entry = make(scan, kind, do, payload, now, ttl, p.stale_window if kind is not Kind.SERVFAIL else 0, cap)
         if ttl <= 0 or kind is None:
             return entry
         entry.tally = self.tally(kind, scan.rcode, key[-5] << 8 | key[-4])

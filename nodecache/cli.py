@@ -35,6 +35,7 @@ from nodecache.config import (
     DEFAULT_METRICS_ADDRESS,
     DEFAULT_NODE_LOCK_DIR,
     DEFAULT_OTHER_TTL,
+    DEFAULT_PREFETCH_AMOUNT,
     DEFAULT_QUERY_LOG_SAMPLE,
     DEFAULT_RESOLV_CONF,
     DEFAULT_SERVFAIL_TTL,
@@ -141,6 +142,10 @@ def main() -> None:
 @_option("--serve-stale-mode", type=click.Choice(STALE_MODES), default=DEFAULT_STALE_MODE,
          help="verify: ask upstream first, serve stale only when that fails or is too slow; immediate: answer "
               "stale at once and refresh in the background (CoreDNS's serve_stale modes).")
+@_option("--prefetch", default=str(DEFAULT_PREFETCH_AMOUNT), metavar="'AMOUNT [DURATION [PERCENTAGE%]]'",
+         help="Refresh an answer asked AMOUNT times with no gap of DURATION (1m) in the background once at most "
+              "PERCENTAGE (10%) of its TTL is left (CoreDNS's cache prefetch); 0 is off. With --config it "
+              "overrides the Corefile.")
 @_option("--answer-deadline", type=click.FloatRange(0.05), default=DEFAULT_ANSWER_DEADLINE, metavar="SECONDS",
          help="Every query is answered within this time of its arrival: fresh, stale, or SERVFAIL.")
 @_option("--max-waiting", type=click.IntRange(1), default=DEFAULT_MAX_WAITING, metavar="N",

@@ -161,6 +161,10 @@ class AgentCollector(Collector):
         size = GaugeMetricFamily(
             "nodecache_cache_bytes", "Bytes held by cached answers, their keys and LRU slots.", labels=["zone", "type"]
         )
+        prefetch_refused = CounterMetricFamily(
+            "nodecache_cache_prefetch_refused_total",
+            "Prefetches not started because the most allowed were already in flight.", labels=["zone"],
+        )
         memory_evictions = CounterMetricFamily(
             "nodecache_cache_memory_evictions_total",
             "Evictions made to stay within --cache-memory (also counted in coredns_cache_evictions_total).",
@@ -180,8 +184,9 @@ class AgentCollector(Collector):
             requests.add_metric([srv, z.name, ""], sum(by_kind.values()) + z.stats.misses)
             misses.add_metric([srv, z.name, ""], z.stats.misses)
             prefetch.add_metric([srv, z.name, ""], z.stats.prefetches)
+            prefetch_refused.add_metric([z.name], z.stats.prefetches_refused)
             stale.add_metric([srv, z.name, ""], z.stats.stale)
-        yield from (entries, requests, hits, misses, prefetch, stale, evictions, size, memory_evictions)
+        yield from (entries, requests, hits, misses, prefetch, prefetch_refused, stale, evictions, size, memory_evictions)
         budget = self.resolver.budget
         yield GaugeMetricFamily(
             "nodecache_cache_memory_bytes", "Bytes held by every zone's cached answers together.", value=budget.used

@@ -29,9 +29,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodecache import wire
+from nodecache import prefetch, wire
 from nodecache.cache import Entry, Kind, MemoryBudget, ZoneCache
-from nodecache.config import STALE_REPLY_TTL, UPSTREAM_UDP_PAYLOAD, CachePolicy, Config, Zone
+from nodecache.config import DEFAULT_MAX_PREFETCHING, STALE_REPLY_TTL, UPSTREAM_UDP_PAYLOAD, CachePolicy, Config, Zone
 from nodecache.counters import Activity, Histogram, counted_rcode, counted_type
 from nodecache.errors import UpstreamError
 from nodecache.forwarder import Forwarder, Overloaded
@@ -87,7 +87,8 @@ class ZoneStats:
     fast_failed: int = 0  # misses answered at once because every upstream was marked down
     waiters_refused: int = 0  # SERVFAIL at once: too many clients already waiting (--max-waiting*)
     nxdomain_cut: int = 0  # misses answered from a cached NXDOMAIN of the name or a parent (RFC 8020)
-    prefetches: int = 0  # refreshes started before expiry (prefetch is not implemented yet)
+    prefetches: int = 0  # refreshes started before expiry (prefetch.py)
+    prefetches_refused: int = 0  # prefetches not started: DEFAULT_MAX_PREFETCHING already in flight
     rcodes: dict[int, int] = field(default_factory=dict)  # upstream replies by rcode
     requests: dict[int, int] = field(default_factory=dict)
     responses: dict[tuple[int, str], int] = field(default_factory=dict)
@@ -283,6 +284,8 @@ class Resolver:
         self.loop_check = LoopCheck(lambda: self.zones)
         self._loop_probes = self.loop_check.probes  # the same dict: `answer` tests it without a hop
         self.loops = self.loop_check.loops  # "zone upstream" pairs found looping
+        self.prefetching = 0  # prefetches in flight, all zones
+        self._arm_prefetch(self.zones)
 
     def reconfigure(self, config: Config) -> list[ZoneRuntime]:
         """Swap in a new Config's zones; return the ZoneRuntimes no longer used.
@@ -307,6 +310,7 @@ class Resolver:
         self._deadline = config.answer_deadline
         self._max_waiting = config.max_waiting
         self._max_per_name = config.max_waiting_per_name
+        self._arm_prefetch(zones)
         return list(old.values())
 
     def zone_for(self, lname: bytes) -> ZoneRuntime | None:
@@ -433,6 +437,36 @@ class Resolver:
         limit = TCP_LIMIT if via & 1 else min(q.payload, self._udp_cap)
         deliver(token, entry.reply(data, q.qend, q.edns, limit, self.clock()), "hit")
         return True
+
+    def _arm_prefetch(self, zones: list[ZoneRuntime]) -> None:
+        """Give the zones with prefetch on their prefetching cache lookup (see prefetch.py); others are untouched."""
+        for zone in zones:
+            prefetch.arm(zone.cache, functools.partial(self._prefetch, zone))
+
+    def _prefetch(self, zone: ZoneRuntime, key: bytes, entry: Entry) -> None:
+        """Refresh `key` in the background, as a miss with nobody waiting (called from a hit, see prefetch.py).
+
+        A key already being asked is left to that flight (the refresh coalesces with it). At most
+        DEFAULT_MAX_PREFETCHING run at once; one more is refused and counted. The answer replaces the
+        entry when it lands (`_fetch` stores it); a failure leaves the entry, and serve-stale, as they were.
+        """
+        if key in self._inflight:
+            return
+        if self.prefetching >= DEFAULT_MAX_PREFETCHING:
+            zone.stats.prefetches_refused += 1
+            return
+        zone.stats.prefetches += 1
+        self.prefetching += 1
+        q = wire.Query(key, key[:-5], 0, 0, 0, bool(key[-1] & wire.KEY_DO))
+        flight = Flight(zone, q)
+        self._inflight[key] = flight
+        flight.task = asyncio.get_running_loop().create_task(self._fetch(zone, q))
+        flight.task.add_done_callback(functools.partial(self._prefetch_landed, flight))
+
+    def _prefetch_landed(self, flight: Flight, task: asyncio.Task[Entry]) -> None:
+        """A prefetch ended: one fewer in flight; clients that joined its flight meanwhile get their answers."""
+        self.prefetching -= 1
+        self._landed(flight, task)
 
     def _stale(self, zone: ZoneRuntime, key: bytes) -> Entry | None:
         """The entry for `key` if it may be served stale now (expired, within its stale window)."""

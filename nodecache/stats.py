@@ -51,6 +51,7 @@ def _zone(z: ZoneRuntime) -> dict[str, Any]:
         "memory_evictions": c.memory_evictions,  # included in evictions
         "stale_served": s.stale,
         "prefetches": s.prefetches,
+        "prefetches_refused": s.prefetches_refused,  # not started: too many already in flight
         "coalesced": s.coalesced,
         "nxdomain_cut": s.nxdomain_cut,  # misses answered from a parent's cached NXDOMAIN (RFC 8020), also in hits
         "servfail": s.servfail,
@@ -123,6 +124,7 @@ def report(
             "memory_evictions": sum(z["memory_evictions"] for z in zones),
             "stale_served": sum(z["stale_served"] for z in zones),
             "prefetches": sum(z["prefetches"] for z in zones),
+            "prefetches_refused": sum(z["prefetches_refused"] for z in zones),
             "coalesced": sum(z["coalesced"] for z in zones),
             "nxdomain_cut": sum(z["nxdomain_cut"] for z in zones),
         },
@@ -217,7 +219,7 @@ def render(r: dict[str, Any]) -> str:
         f"entries     {c['entries']['success']} success / {c['capacity']['success']}, "
         f"{c['entries']['denial']} denial / {c['capacity']['denial']}, {_memory(c)}",
         f"events      {c['evictions']} evictions ({c.get('memory_evictions', 0)} for memory), "
-        f"{c['stale_served']} stale served, {c['prefetches']} prefetches, "
+        f"{c['stale_served']} stale served, {c['prefetches']} prefetches ({c.get('prefetches_refused', 0)} refused), "
         f"{c['coalesced']} coalesced, {c.get('nxdomain_cut', 0)} NXDOMAIN cuts",
         f"rejected    {q['refused_no_zone']} outside every zone, {q['malformed']} malformed, {q['dropped']} dropped, "
         f"{q.get('zone_transfer_refused', 0)} zone transfers",
