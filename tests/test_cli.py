@@ -23,7 +23,7 @@ from tests.support.samplezone import CHECKOUT, RUN_MODULE
 RUN_FLAGS = [
     "--local-ip", "--port", "--upstream", "--cluster-domain", "--node-resolv-conf", "--success-capacity",
     "--denial-capacity", "--cluster-success-ttl", "--cluster-denial-ttl", "--other-ttl", "--servfail-ttl",
-    "--serve-stale", "--serve-stale-mode", "--answer-deadline", "--max-waiting", "--max-waiting-per-name",
+    "--serve-stale", "--serve-stale-mode", "--prefetch", "--answer-deadline", "--max-waiting", "--max-waiting-per-name",
     "--policy", "--try-timeout", "--timeout", "--tcp-idle-timeout", "--max-udp-payload", "--loop", "--log-level",
     "--setup-interface", "--setup-iptables", "--interface-name", "--sync-interval", "--skip-teardown",
     "--iptables-backend",
