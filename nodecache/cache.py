@@ -108,6 +108,21 @@ def cuts_below(scan: wire.ReplyScan) -> bool:
     return scan.rcode == wire.NXDOMAIN and scan.answers == 0
 
 
+def _for_cut(key: bytes, scan: wire.ReplyScan) -> tuple[wire.ReplyScan, bool]:
+    """The reply as it is kept, and whether it is a plain NXDOMAIN that answers below its name (RFC 8020).
+
+    Such a reply is replayed after other questions too, so its names must not point into
+    this one: it is kept with its names written out. A name that cannot be followed makes
+    it an ordinary entry, cached for its own question only.
+    """
+    if not cuts_below(scan):
+        return scan, False
+    try:
+        return wire.uncompressed(scan, key[:-5], key[-5:-1]), True
+    except wire.Malformed:
+        return scan, False
+
+
 def _cut_key(key: bytes) -> bytes:
     """The index key for a cache key: its name, class and flag byte, without the type."""
     return key[:-5] + key[-3:]
@@ -413,12 +428,7 @@ class ZoneCache:
 
     def store(self, key: bytes, scan: wire.ReplyScan, do: bool, payload: int) -> Entry:
         """Make the entry for an upstream reply and keep it if the rules allow."""
-        cut = cuts_below(scan)
-        if cut:  # replayed after other questions too: its names must not point into this one
-            try:
-                scan = wire.uncompressed(scan, key[:-5], key[-5:-1])
-            except wire.Malformed:
-                cut = False  # a name it cannot follow: cached for its own question only
+        scan, cut = _for_cut(key, scan)
         kind = classify(scan)
         now = self.clock()
         ttl = lifetime(kind, scan, self.policy)
@@ -428,6 +438,13 @@ class ZoneCache:
         entry = make(scan, kind, do, payload, now, ttl, p.stale_window if kind is not Kind.SERVFAIL else 0, cap)
         if ttl <= 0 or kind is None:
             return entry
+        return self._keep(key, entry, scan, cut, now)
+
+    def _keep(self, key: bytes, entry: Entry, scan: wire.ReplyScan, cut: bool, now: float) -> Entry:
+        """Put a new entry in its cache (success or denial), with the NXDOMAIN cut index; `store` and `restore`."""
+        p = self.policy
+        kind = entry.kind
+        assert kind is not None
         entry.tally = self.tally(kind, scan.rcode, key[-5] << 8 | key[-4])
         if kind is Kind.SUCCESS:
             self.denial.pop(key, None)
@@ -448,6 +465,32 @@ class ZoneCache:
             elif index.get(ck) == key:  # a failure replaced the NXDOMAIN that was indexed
                 del index[ck]
         return entry
+
+    def restore(self, key: bytes, msg: bytes, fresh: float, stale: float, payload: int) -> Entry | None:
+        """Keep a handed-over answer (handover.py): `msg` as a client saw it, `fresh` and `stale` seconds left.
+
+        Rebuilt as `store` builds an upstream's answer, under this zone's rules: never fresher than
+        its own caps allow, never longer stale than its window. Served TTLs never exceed the fresh
+        time left. Returns None when this zone would not keep it (not an answer or denial, nothing
+        left); raises wire.Malformed when `msg` does not answer `key`.
+        """
+        scan, cut = _for_cut(key, scan=wire.scan_reply(msg, key[:-5], key[-5:-1]))
+        kind = classify(scan)
+        if kind is not Kind.SUCCESS and kind is not Kind.DENIAL:
+            return None
+        p = self.policy
+        fresh = min(fresh, lifetime(kind, scan, p))
+        stale = min(stale, p.stale_window)
+        if fresh <= 0 and stale <= 0:
+            return None
+        if (p.success_capacity if kind is Kind.SUCCESS else p.denial_capacity) <= 0:
+            return None
+        now = self.clock()
+        make = KeptTtlEntry if p.keepttl else Entry
+        entry = make(scan, kind, bool(key[-1] & wire.KEY_DO), payload, now, 0, 0, max(1, int(fresh)))
+        entry.expires = now + max(fresh, 0.0)
+        entry.stale_until = entry.expires + max(stale, 0.0)
+        return self._keep(key, entry, scan, cut, now)
 
     def nxdomain_above(self, key: bytes, apex_len: int) -> Entry | None:
         """A fresh plain NXDOMAIN for the name of `key` or a name above it, below the apex (RFC 8020).

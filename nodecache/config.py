@@ -58,6 +58,11 @@ DEFAULT_PREFETCH_PERCENTAGE = 10  # CoreDNS's default PERCENTAGE
 PREFETCH_PERCENTAGE_RANGE = (10, 90)  # CoreDNS accepts 10% to 90%
 # Prefetches in flight at once over all zones; one more is not started (counted).
 DEFAULT_MAX_PREFETCHING = 100
+# Cache handover at a rollout (handover.py): a new agent copies the live agent's cache over the
+# control socket before it serves, for at most this long (0: never); a dump holds at most this many
+# bytes of answers (about 1/10 of what they take in memory, so a full default --cache-memory fits).
+DEFAULT_HANDOVER_TIMEOUT = 5.0
+DEFAULT_HANDOVER_MAX_BYTES = 8 << 20
 
 # Forwarding, as CoreDNS's forward plugin.
 DEFAULT_TRY_TIMEOUT = 2.0
@@ -299,6 +304,7 @@ class Config:
     # The HTTP addresses are canonical HOST:PORT text (loader.py writes them so); metrics_endpoint and
     # health_endpoint give them as Address for the code that binds them.
     control_socket: str | None = None
+    handover_timeout: float = DEFAULT_HANDOVER_TIMEOUT  # 0: start empty, never ask the live agent
     metrics_address: str | None = None
     health_address: str | None = None
     lameduck: float = 0.0

@@ -114,6 +114,7 @@ SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "iptables_backend": ("iptables_backend", _given),
     "node_lock": ("node_lock", unless_off),  # not given: the interface's lock (below)
     "control_socket": ("control_socket", unless_off),
+    "handover_timeout": ("handover_timeout", _given),
     "metrics_address": ("metrics_address", lambda v: http_address("--metrics-address", v)),
     "health_address": ("health_address", lambda v: http_address("--health-address", v)),  # not given: below
     "lameduck": ("lameduck", _given),

@@ -71,6 +71,7 @@ def report(
     not_ready: str | None,
     top: int = DEFAULT_TOP,
     tcp: TcpClients | None = None,
+    handover: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Everything `nodecache stats` shows, as JSON-ready data. `started` is a time.monotonic() value."""
     zones = [_zone(z) for z in resolver.zones]
@@ -134,6 +135,7 @@ def report(
                                                                                      "waiting_cap")},
         },
         "zones": zones,
+        "handover": handover,  # cache dumps and loads (handover.Counts), None when not reported
         "upstreams": upstreams,
         "top_names": [{"name": name_text(k), "queries": n} for k, n in a.names.top(top)],  # type: ignore[arg-type]
         "top_clients": [{"client": str(k), "queries": n} for k, n in a.clients.top(top)],
@@ -197,6 +199,16 @@ def _tcp_line(t: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _handover_line(h: dict[str, Any] | None) -> list[str]:
+    if not h:
+        return []
+    return [
+        f"handover    {h['dumped']} answers dumped ({h['left_out']} left out over the size limit), {h['loaded']} loaded, "
+        f"{h['expired']} expired in transit, {h['no_zone']} of zones not served here, {h['not_kept']} not kept; "
+        f"{h['failed']} startup handovers brought nothing"
+    ]
+
+
 def _memory(c: dict[str, Any]) -> str:
     """The bytes the caches hold, and of what budget (an older agent's report has no budget)."""
     budget = c.get("memory", {}).get("budget")
@@ -227,6 +239,7 @@ def render(r: dict[str, Any]) -> str:
         f"{early['deadline']} at the deadline, {early['upstreams_down']} with every upstream down, "
         f"{early['waiting_cap']} over the waiting caps",
         *_tcp_line(r.get("tcp")),
+        *_handover_line(r.get("handover")),
         "",
         f"{'zone':<22} {'queries':>9} {'hits':>9} {'misses':>8} {'ratio':>7} {'success':>8} {'denial':>7} "
         f"{'bytes':>10} {'evict':>6} {'stale':>6} {'coal':>6}",
