@@ -28,7 +28,7 @@ RUN_FLAGS = [
     "--setup-interface", "--setup-iptables", "--interface-name", "--sync-interval", "--skip-teardown",
     "--iptables-backend",
     "--node-lock",
-    "--log-format", "--control-socket", "--metrics-address", "--health-address", "--lameduck", "--query-log",
+    "--log-format", "--control-socket", "--handover-timeout", "--metrics-address", "--health-address", "--lameduck", "--query-log",
     "--query-log-sample", "--query-log-errors-only",
     "--config", "--corefile", "--upstream-svc", "--kube-dns-config-dir",
     "--max-tcp-connections", "--max-tcp-per-client",
