@@ -84,8 +84,10 @@ class AgentCollector(Collector):
         setup_errors: Callable[[], Mapping[str, int]] = dict,
         reload_failed: Callable[[], int] = int,
         tcp: TcpClients | None = None,
+        handover: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self.resolver = resolver
+        self.handover = handover  # cache dumps and loads (handover.Counts as a dict), operator_endpoints.py
         self.server = server
         self.setup_errors = setup_errors
         self.reload_failed = reload_failed  # failed config reloads (server.py), as CoreDNS's reload plugin counts
@@ -97,6 +99,23 @@ class AgentCollector(Collector):
         yield from self._forward()
         yield from self._agent()
         yield from self._tcp()
+        yield from self._handover()
+
+    def _handover(self) -> Iterator[Metric]:
+        counts = self.handover()
+        family = CounterMetricFamily(
+            "nodecache_cache_handover_entries_total",
+            "Cached answers in cache dumps and loads (rollout handover, nodecache dump/load), by outcome.",
+            labels=["outcome"],
+        )
+        for outcome in ("dumped", "left_out", "loaded", "expired", "no_zone", "not_kept"):
+            family.add_metric([outcome], counts.get(outcome, 0))
+        yield family
+        yield CounterMetricFamily(
+            "nodecache_cache_handover_failed_total",
+            "Startups that got no cache from a live agent (none, hung, or a dump that did not load).",
+            value=counts.get("failed", 0),
+        )
 
     def _dns(self) -> Iterator[Metric]:
         srv = self.server()

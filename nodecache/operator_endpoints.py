@@ -75,7 +75,8 @@ class OperatorEndpoints:
         metrics_at, health_at = cfg.metrics_endpoint, cfg.health_endpoint
         if metrics_at:
             collector = AgentCollector(
-                self.resolver, self.server_label, self.setup_errors, self.reload_failed, tcp=self.tcp
+                self.resolver, self.server_label, self.setup_errors, self.reload_failed, tcp=self.tcp,
+                handover=lambda: vars(self.handover),
             )
             reg = registry(collector)
 

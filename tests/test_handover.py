@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import socket
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,8 @@ def test_without_a_live_agent_the_agent_starts_empty_and_counts_it(resolv: Path)
         assert "no cache handed over" in agent.log
         stats = call(str(agent.control_socket), "stats", {})
         assert stats["handover"]["failed"] == 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{agent.metrics_port}/metrics", timeout=5) as page:
+            assert "nodecache_cache_handover_failed_total 1.0" in page.read().decode()
 
 
 @pytest.mark.slow
