@@ -131,6 +131,21 @@ def cuts_below(scan: wire.ReplyScan) -> bool:
     return scan.rcode == wire.NXDOMAIN and scan.answers == 0
 
 
+def _for_cut(key: bytes, scan: wire.ReplyScan) -> tuple[wire.ReplyScan, bool]:
+    """The reply as it is kept, and whether it is a plain NXDOMAIN that answers below its name (RFC 8020).
+
+    Such a reply is replayed after other questions too, so its names must not point into
+    this one: it is kept with its names written out. A name that cannot be followed makes
+    it an ordinary entry, cached for its own question only.
+    """
+    if not cuts_below(scan):
+        return scan, False
+    try:
+        return wire.uncompressed(scan, key[:-5], key[-5:-1]), True
+    except wire.Malformed:
+        return scan, False
+
+
 def _cut_key(key: bytes) -> bytes:
     """The index key for a cache key: its name, class and flag byte, without the type."""
     return key[:-5] + key[-3:]
@@ -157,6 +172,7 @@ class Entry:
         "kind",
         "expires",
         "hits",
+        "seen",  # last ask, with prefetch on only (prefetch.py); unset otherwise, so it costs no object
         "tally",
         "_life",
         "_shape",
@@ -165,6 +181,7 @@ class Entry:
         "_ttls",
         "_at",
     )
+    seen: float  # set by prefetch.py's lookup only
 
     def __init__(
         self,
@@ -293,6 +310,26 @@ class Entry:
         flags1 = wire.QR | (wire.TC if kept < an + ns else 0)
         counts = (0, 1, k_an >> 8, k_an & 0xFF, k_ns >> 8, k_ns & 0xFF, k_ar >> 8, k_ar & 0xFF)
         return end, (bytes((flags1, h[1], *counts)), bytes((flags1 | wire.RD, h[1], *counts)))
+
+
+class KeptTtlEntry(Entry):
+    """An entry of a zone with `keepttl` (CoreDNS): replayed with its TTLs as stored, never counted down.
+
+    A subclass, so zones without keepttl run `Entry.reply` unchanged and pay nothing for it.
+    """
+
+    __slots__ = ()
+
+    def reply(self, data: bytes, qend: int, edns: int, limit: int, now: float) -> bytes:
+        """This answer for the query `data`, with the TTLs it was stored with (see `Entry.reply`)."""
+        shape = self._shape
+        if edns:
+            out = data[:2] + (shape[3] if data[2] & 1 else shape[2]) + data[12:qend] + self._body + shape[4]
+        else:
+            out = data[:2] + (shape[1] if data[2] & 1 else shape[0]) + data[12:qend] + self._body
+        if len(out) > limit:
+            out = self._truncated(data, qend, edns, limit, self._body)
+        return out
 
 
 def footprint(entry: Entry) -> int:
@@ -484,20 +521,23 @@ class ZoneCache:
 
     def store(self, key: bytes, scan: wire.ReplyScan, do: bool, payload: int) -> Entry:
         """Make the entry for an upstream reply and keep it if the rules allow."""
-        cut = cuts_below(scan)
-        if cut:  # replayed after other questions too: its names must not point into this one
-            try:
-                scan = wire.uncompressed(scan, key[:-5], key[-5:-1])
-            except wire.Malformed:
-                cut = False  # a name it cannot follow: cached for its own question only
+        scan, cut = _for_cut(key, scan)
         kind = classify(scan)
         now = self.clock()
         ttl = lifetime(kind, scan, self.policy)
         p = self.policy
         cap = p.success_max_ttl if kind is Kind.SUCCESS else ttl
-        entry = Entry(scan, kind, do, payload, now, ttl, p.stale_window if kind is not Kind.SERVFAIL else 0, cap)
+        make = KeptTtlEntry if p.keepttl else Entry
+        entry = make(scan, kind, do, payload, now, ttl, p.stale_window if kind is not Kind.SERVFAIL else 0, cap)
         if ttl <= 0 or kind is None:
             return entry
+        return self._keep(key, entry, scan, cut, now)
+
+    def _keep(self, key: bytes, entry: Entry, scan: wire.ReplyScan, cut: bool, now: float) -> Entry:
+        """Put a new entry in its cache (success or denial), with the NXDOMAIN cut index; `store` and `restore`."""
+        p = self.policy
+        kind = entry.kind
+        assert kind is not None
         entry.tally = self.tally(kind, scan.rcode, key[-5] << 8 | key[-4])
         if kind is Kind.SUCCESS:
             self.denial.pop(key, None)
@@ -515,6 +555,32 @@ class ZoneCache:
             else:  # a failure may have replaced the NXDOMAIN that was indexed
                 self.denial.unindex_cut(key)
         return entry
+
+    def restore(self, key: bytes, msg: bytes, fresh: float, stale: float, payload: int) -> Entry | None:
+        """Keep a handed-over answer (handover.py): `msg` as a client saw it, `fresh` and `stale` seconds left.
+
+        Rebuilt as `store` builds an upstream's answer, under this zone's rules: never fresher than
+        its own caps allow, never longer stale than its window. Served TTLs never exceed the fresh
+        time left. Returns None when this zone would not keep it (not an answer or denial, nothing
+        left); raises wire.Malformed when `msg` does not answer `key`.
+        """
+        scan, cut = _for_cut(key, scan=wire.scan_reply(msg, key[:-5], key[-5:-1]))
+        kind = classify(scan)
+        if kind is not Kind.SUCCESS and kind is not Kind.DENIAL:
+            return None
+        p = self.policy
+        fresh = min(fresh, lifetime(kind, scan, p))
+        stale = min(stale, p.stale_window)
+        if fresh <= 0 and stale <= 0:
+            return None
+        if (p.success_capacity if kind is Kind.SUCCESS else p.denial_capacity) <= 0:
+            return None
+        now = self.clock()
+        make = KeptTtlEntry if p.keepttl else Entry
+        fresh, stale = max(fresh, 0.0), max(stale, 0.0)
+        entry = make(scan, kind, bool(key[-1] & wire.KEY_DO), payload, now, int(fresh), int(stale), max(1, int(fresh)))
+        entry.expires = now + fresh  # to the millisecond: what expired in transit is never fresh here
+        return self._keep(key, entry, scan, cut, now)
 
     def nxdomain_above(self, key: bytes, apex_len: int) -> Entry | None:
         """A fresh plain NXDOMAIN for the name of `key` or a name above it, below the apex (RFC 8020).

@@ -23,6 +23,7 @@ from nodecache.config import (
     DEFAULT_CLUSTER_DOMAIN,
     DEFAULT_CLUSTER_SUCCESS_TTL,
     DEFAULT_CONTROL_SOCKET,
+    DEFAULT_HANDOVER_TIMEOUT,
     DEFAULT_HEALTH_PORT,
     DEFAULT_INTERFACE_NAME,
     DEFAULT_LAMEDUCK,
@@ -35,6 +36,7 @@ from nodecache.config import (
     DEFAULT_METRICS_ADDRESS,
     DEFAULT_NODE_LOCK_DIR,
     DEFAULT_OTHER_TTL,
+    DEFAULT_PREFETCH_AMOUNT,
     DEFAULT_QUERY_LOG_SAMPLE,
     DEFAULT_RESOLV_CONF,
     DEFAULT_SERVFAIL_TTL,
@@ -141,6 +143,10 @@ def main() -> None:
 @_option("--serve-stale-mode", type=click.Choice(STALE_MODES), default=DEFAULT_STALE_MODE,
          help="verify: ask upstream first, serve stale only when that fails or is too slow; immediate: answer "
               "stale at once and refresh in the background (CoreDNS's serve_stale modes).")
+@_option("--prefetch", default=str(DEFAULT_PREFETCH_AMOUNT), metavar="'AMOUNT [DURATION [PERCENTAGE%]]'",
+         help="Refresh an answer asked AMOUNT times with no gap of DURATION (1m) in the background once at most "
+              "PERCENTAGE (10%) of its TTL is left (CoreDNS's cache prefetch); 0 is off. With --config it "
+              "overrides the Corefile.")
 @_option("--answer-deadline", type=click.FloatRange(0.05), default=DEFAULT_ANSWER_DEADLINE, metavar="SECONDS",
          help="Every query is answered within this time of its arrival: fresh, stale, or SERVFAIL.")
 @_option("--max-waiting", type=click.IntRange(1), default=DEFAULT_MAX_WAITING, metavar="N",
@@ -184,6 +190,9 @@ def main() -> None:
          help="Log lines as text (time level logger: message key=value) or as one JSON object per line.")
 @_option("--control-socket", default=DEFAULT_CONTROL_SOCKET, metavar="PATH",
          help="Unix socket (mode 0600) for `nodecache stats` and `nodecache flush`; 'off' serves none.")
+@_option("--handover-timeout", type=click.FloatRange(0), default=DEFAULT_HANDOVER_TIMEOUT, metavar="SECONDS",
+         help="At startup, copy the cache of the agent already answering on --control-socket (a rollout) for at "
+              "most this long before serving; then start with what came. 0: start empty.")
 @_option("--metrics-address", default=DEFAULT_METRICS_ADDRESS, metavar="HOST:PORT",
          help="Where Prometheus scrapes /metrics (CoreDNS metric names); 'off' serves none.")
 @_option("--health-address", default=None, metavar="HOST:PORT",
@@ -354,6 +363,37 @@ def flush(control_socket: str, name: str | None, suffix: str | None, qtype: str 
     removed = _call(control_socket, "flush", args)["removed"]
     what = " ".join(f"--{k} {v}" for k, v in ((k, qtype if k == "type" else v) for k, v in args.items()))
     click.echo(f"removed {removed} cached answer{'' if removed == 1 else 's'}" + (f" ({what})" if what else ""))
+
+
+@main.command()
+@_control_option()
+@click.argument("file", type=click.Path(dir_okay=False, writable=True))
+def dump(control_socket: str, file: str) -> None:
+    """Write the running agent's cache (answers with their remaining lifetimes) to FILE, for `nodecache load`."""
+    import base64
+    from pathlib import Path
+
+    click.echo(f"dumping the cache of the agent at {control_socket}...", err=True)
+    result = _call(control_socket, "dump", {})
+    Path(file).write_bytes(base64.b64decode(result.pop("dump")))
+    click.echo(f"wrote {file}: " + _counts(result))
+
+
+@main.command()
+@_control_option()
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+def load(control_socket: str, file: str) -> None:
+    """Load a cache dump (`nodecache dump`) into the running agent; expired answers and unknown zones are skipped."""
+    import base64
+    from pathlib import Path
+
+    data = Path(file).read_bytes()
+    click.echo(f"loading {len(data)} bytes into the agent at {control_socket}...", err=True)
+    click.echo("loaded: " + _counts(_call(control_socket, "load", {"dump": base64.b64encode(data).decode()})))
+
+
+def _counts(result: dict[str, Any]) -> str:
+    return ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in result.items())
 
 
 # ---------------------------------------------------------------------------- deployment

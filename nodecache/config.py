@@ -49,6 +49,20 @@ DEFAULT_ANSWER_DEADLINE = 1.8
 # at once. A waiter costs a few hundred bytes, so the total stays in single MiB.
 DEFAULT_MAX_WAITING = 10_000
 DEFAULT_MAX_WAITING_PER_NAME = 1_000
+# Prefetch (CoreDNS `cache { prefetch AMOUNT [DURATION [PERCENTAGE%]] }`): off, as in
+# node-local-dns. An entry asked AMOUNT times, with no gap of DURATION between two
+# asks, is refreshed in the background once at most PERCENTAGE of its TTL is left.
+DEFAULT_PREFETCH_AMOUNT = 0  # 0: off
+DEFAULT_PREFETCH_DURATION = 60.0  # CoreDNS's default DURATION (1m)
+DEFAULT_PREFETCH_PERCENTAGE = 10  # CoreDNS's default PERCENTAGE
+PREFETCH_PERCENTAGE_RANGE = (10, 90)  # CoreDNS accepts 10% to 90%
+# Prefetches in flight at once over all zones; one more is not started (counted).
+DEFAULT_MAX_PREFETCHING = 100
+# Cache handover at a rollout (handover.py): a new agent copies the live agent's cache over the
+# control socket before it serves, for at most this long (0: never); a dump holds at most this many
+# bytes of answers (about 1/10 of what they take in memory, so a full default --cache-memory fits).
+DEFAULT_HANDOVER_TIMEOUT = 5.0
+DEFAULT_HANDOVER_MAX_BYTES = 8 << 20
 
 # Forwarding, as CoreDNS's forward plugin.
 DEFAULT_TRY_TIMEOUT = 2.0
@@ -222,6 +236,10 @@ class CachePolicy:
     servfail_ttl: int = DEFAULT_SERVFAIL_TTL
     stale_window: int = DEFAULT_STALE_WINDOW
     stale_mode: str = DEFAULT_STALE_MODE
+    prefetch_amount: int = DEFAULT_PREFETCH_AMOUNT
+    prefetch_duration: float = DEFAULT_PREFETCH_DURATION
+    prefetch_percentage: int = DEFAULT_PREFETCH_PERCENTAGE
+    keepttl: bool = False  # CoreDNS `keepttl`: replies carry the TTLs as stored, not counted down
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -231,6 +249,11 @@ class CachePolicy:
             raise ConfigError(f"serve_stale mode {self.stale_mode!r} is unknown; use one of {', '.join(STALE_MODES)}")
         if self.success_min_ttl > self.success_max_ttl or self.denial_min_ttl > self.denial_max_ttl:
             raise ConfigError("a cache minimum TTL cannot exceed its maximum TTL")
+        low, high = PREFETCH_PERCENTAGE_RANGE
+        if self.prefetch_amount and not low <= self.prefetch_percentage <= high:
+            raise ConfigError(f"prefetch PERCENTAGE must be {low}% to {high}%, got {self.prefetch_percentage}%")
+        if self.prefetch_amount and self.prefetch_duration <= 0:
+            raise ConfigError("prefetch DURATION must be more than 0 seconds")
 
 
 @dataclass(frozen=True)
@@ -277,6 +300,7 @@ class Config:
     # The HTTP addresses are canonical HOST:PORT text (loader.py writes them so); metrics_endpoint and
     # health_endpoint give them as Address for the code that binds them.
     control_socket: str | None = None
+    handover_timeout: float = DEFAULT_HANDOVER_TIMEOUT  # 0: start empty, never ask the live agent
     metrics_address: str | None = None
     health_address: str | None = None
     lameduck: float = 0.0

@@ -45,3 +45,7 @@ class FirewallError(NetworkSetupError):
 
 class ControlError(NodecacheError):
     """`nodecache stats` / `flush` could not talk to the agent, or the agent refused the request."""
+
+
+class HandoverError(NodecacheError):
+    """A cache dump cannot be loaded: corrupt, cut short, from another format version, or not a dump."""

@@ -26,6 +26,7 @@ from typing import Any
 
 from nodecache.config import (
     DEFAULT_HEALTH_PORT,
+    DEFAULT_PREFETCH_AMOUNT,
     Address,
     CachePolicy,
     Config,
@@ -50,7 +51,7 @@ ZONE_FLAGS = ("upstream", "success_capacity", "denial_capacity", "cluster_succes
 # Flags handed to the Corefile's translation when given (corefile.Overrides field names): they change
 # the Corefile's zones too (forwarding timeouts; the listen address and port a zone must not forward to).
 OVERRIDE_FLAGS = {"local_ip": "listen", "port": "port", "try_timeout": "try_timeout", "timeout": "timeout"}
-# --serve-stale / --serve-stale-mode: given explicitly, they win in every zone that caches.
+# --serve-stale / --serve-stale-mode: given explicitly, they win in every zone that caches (--prefetch too).
 STALE_FLAGS = {"serve_stale": "stale_window", "serve_stale_mode": "stale_mode"}
 
 
@@ -113,6 +114,7 @@ SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "iptables_backend": ("iptables_backend", _given),
     "node_lock": ("node_lock", unless_off),  # not given: the interface's lock (below)
     "control_socket": ("control_socket", unless_off),
+    "handover_timeout": ("handover_timeout", _given),
     "metrics_address": ("metrics_address", lambda v: http_address("--metrics-address", v)),
     "health_address": ("health_address", lambda v: http_address("--health-address", v)),  # not given: below
     "lameduck": ("lameduck", _given),
@@ -136,6 +138,8 @@ def load_config(opts: Opts, explicit: frozenset[str] = frozenset()) -> Config:
     fields.setdefault("health_address", _default_health(fields["listen"]))
     fields.setdefault("node_lock", default_node_lock(fields["interface_name"]))
     stale = {field: opts[flag] for flag, field in STALE_FLAGS.items() if flag in explicit}
+    if "prefetch" in explicit:
+        stale |= prefetch_policy(opts)
     fields["zones"] = _stale_overridden(fields["zones"], stale)
     if opts.get("config"):
         _check_wildcard(fields)
@@ -166,6 +170,7 @@ def _from_flags(opts: Opts, settings: dict[str, Any]) -> dict[str, Any]:
         servfail_ttl=opts["servfail_ttl"],
         stale_window=opts["serve_stale"],
         stale_mode=opts["serve_stale_mode"],
+        **prefetch_policy(opts),
     )
     cluster_cache = CachePolicy(
         success_max_ttl=opts["cluster_success_ttl"], denial_max_ttl=opts["cluster_denial_ttl"], **common
@@ -173,6 +178,13 @@ def _from_flags(opts: Opts, settings: dict[str, Any]) -> dict[str, Any]:
     other_cache = CachePolicy(success_max_ttl=opts["other_ttl"], denial_max_ttl=opts["other_ttl"], **common)
     zones = default_zones(opts["cluster_domain"], upstreams, node, cluster_cache, other_cache)
     return {"zones": tuple(_with_forwarding(z, opts) for z in zones)}
+
+
+def prefetch_policy(opts: Opts) -> dict[str, Any]:
+    """CachePolicy's prefetch fields from --prefetch (the Corefile option's words; "0" is off)."""
+    from nodecache.corefile import prefetch_fields, prefetch_flag
+
+    return prefetch_fields(prefetch_flag(str(opts.get("prefetch") or DEFAULT_PREFETCH_AMOUNT)))
 
 
 def _with_forwarding(zone: Zone, opts: Opts) -> Zone:

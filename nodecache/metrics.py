@@ -84,8 +84,10 @@ class AgentCollector(Collector):
         setup_errors: Callable[[], Mapping[str, int]] = dict,
         reload_failed: Callable[[], int] = int,
         tcp: TcpClients | None = None,
+        handover: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self.resolver = resolver
+        self.handover = handover  # cache dumps and loads (handover.Counts as a dict), operator_endpoints.py
         self.server = server
         self.setup_errors = setup_errors
         self.reload_failed = reload_failed  # failed config reloads (server.py), as CoreDNS's reload plugin counts
@@ -97,6 +99,23 @@ class AgentCollector(Collector):
         yield from self._forward()
         yield from self._agent()
         yield from self._tcp()
+        yield from self._handover()
+
+    def _handover(self) -> Iterator[Metric]:
+        counts = self.handover()
+        family = CounterMetricFamily(
+            "nodecache_cache_handover_entries_total",
+            "Cached answers in cache dumps and loads (rollout handover, nodecache dump/load), by outcome.",
+            labels=["outcome"],
+        )
+        for outcome in ("dumped", "left_out", "loaded", "expired", "no_zone", "not_kept"):
+            family.add_metric([outcome], counts.get(outcome, 0))
+        yield family
+        yield CounterMetricFamily(
+            "nodecache_cache_handover_failed_total",
+            "Startups that got no cache from a live agent (none, hung, or a dump that did not load).",
+            value=counts.get("failed", 0),
+        )
 
     def _dns(self) -> Iterator[Metric]:
         srv = self.server()
@@ -161,6 +180,10 @@ class AgentCollector(Collector):
         size = GaugeMetricFamily(
             "nodecache_cache_bytes", "Bytes held by cached answers, their keys and LRU slots.", labels=["zone", "type"]
         )
+        prefetch_refused = CounterMetricFamily(
+            "nodecache_cache_prefetch_refused_total",
+            "Prefetches not started because the most allowed were already in flight.", labels=["zone"],
+        )
         memory_evictions = CounterMetricFamily(
             "nodecache_cache_memory_evictions_total",
             "Evictions made to stay within --cache-memory (also counted in coredns_cache_evictions_total).",
@@ -180,8 +203,9 @@ class AgentCollector(Collector):
             requests.add_metric([srv, z.name, ""], sum(by_kind.values()) + z.stats.misses)
             misses.add_metric([srv, z.name, ""], z.stats.misses)
             prefetch.add_metric([srv, z.name, ""], z.stats.prefetches)
+            prefetch_refused.add_metric([z.name], z.stats.prefetches_refused)
             stale.add_metric([srv, z.name, ""], z.stats.stale)
-        yield from (entries, requests, hits, misses, prefetch, stale, evictions, size, memory_evictions)
+        yield from (entries, requests, hits, misses, prefetch, prefetch_refused, stale, evictions, size, memory_evictions)
         budget = self.resolver.budget
         yield GaugeMetricFamily(
             "nodecache_cache_memory_bytes", "Bytes held by every zone's cached answers together.", value=budget.used

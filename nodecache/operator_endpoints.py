@@ -1,4 +1,4 @@
-"""What an operator talks to: the control socket (stats, flush) and HTTP /metrics, /health, /ready.
+"""What an operator talks to: the control socket (stats, flush, dump, load) and HTTP /metrics, /health, /ready.
 
 The control handlers check their input here, since it comes from outside the
 agent; the reports themselves are built by stats.py, the metrics by
@@ -7,14 +7,19 @@ metrics.AgentCollector, readiness by health.Readiness.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from nodecache.config import Address, Config
-from nodecache.control import ControlServer
+from nodecache import control, handover
+from nodecache.config import DEFAULT_HANDOVER_MAX_BYTES, Address, Config
+from nodecache.control import ControlServer, Handler
 from nodecache.endpoints import TEXT, HttpEndpoint, Response
-from nodecache.errors import ControlError
+from nodecache.errors import ControlError, HandoverError
 from nodecache.health import Readiness
 from nodecache.listeners import TcpClients
 from nodecache.names import canonical_name
@@ -51,6 +56,7 @@ class OperatorEndpoints:
         self.setup_errors = setup_errors
         self.reload_failed = reload_failed
         self.started = started
+        self.handover = handover.Counts()  # cache dumps and loads, this agent's life (`nodecache stats`)
         self.control: ControlServer | None = None
         self.http: list[HttpEndpoint] = []
         self._registry: CollectorRegistry | None = None  # made on the first scrape (see `_metrics`)
@@ -65,7 +71,8 @@ class OperatorEndpoints:
         """
         cfg = self.config
         if cfg.control_socket:
-            self.control = ControlServer(cfg.control_socket, {"stats": self.stats, "flush": self.flush})
+            handlers: dict[str, Handler] = {"stats": self.stats, "flush": self.flush, "dump": self.dump, "load": self.load}
+            self.control = ControlServer(cfg.control_socket, handlers)
             await self.control.start()
         routes: dict[Address, dict[str, Any]] = {}
         metrics_at, health_at = cfg.metrics_endpoint, cfg.health_endpoint
@@ -101,7 +108,8 @@ class OperatorEndpoints:
 
         if self._registry is None:
             collector = AgentCollector(
-                self.resolver, self.server_label, self.setup_errors, self.reload_failed, tcp=self.tcp
+                self.resolver, self.server_label, self.setup_errors, self.reload_failed, tcp=self.tcp,
+                handover=lambda: vars(self.handover),
             )
             self._registry = registry(collector)
         return 200, CONTENT_TYPE, exposition(self._registry)
@@ -123,7 +131,7 @@ class OperatorEndpoints:
         ready, why = self.readiness.state()
         return report(
             self.resolver, started=self.started, listen=list(self.bound()), ready=ready, not_ready=why, top=top,
-            tcp=self.tcp,
+            tcp=self.tcp, handover=vars(self.handover),
         )  # fmt: skip
 
     def flush(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -141,3 +149,57 @@ class OperatorEndpoints:
         log.info("flushed %d cached answers", removed, extra={"fields": given})
         return {"removed": removed}
 
+
+    def dump(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The `dump` control request: every zone's answers with their lifetimes (handover.py), base64."""
+        zones = [(z.name, z.cache) for z in self.resolver.zones]
+        data, counts = handover.dump(zones, DEFAULT_HANDOVER_MAX_BYTES, self.resolver.clock())
+        self.handover.add(handover.Counts(dumped=counts.dumped, left_out=counts.left_out))
+        if counts.left_out:
+            log.warning("cache dump: %d answers left out, over %d bytes", counts.left_out, DEFAULT_HANDOVER_MAX_BYTES)
+        return {"dump": base64.b64encode(data).decode(), "dumped": counts.dumped, "left_out": counts.left_out,
+                "bytes": counts.bytes}  # fmt: skip
+
+    def load(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The `load` control request: keep a dump's answers, synchronously (all checked before any is kept)."""
+        text = args.get("dump")
+        if not isinstance(text, str):
+            raise ControlError("dump must be the base64 text of a cache dump")
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ControlError("dump is not base64 text; give the file `nodecache dump` wrote") from None
+        return self.keep(data)
+
+    def keep(self, data: bytes) -> dict[str, Any]:
+        """Load dump bytes into the caches of this agent's zones; HandoverError leaves them as they were."""
+        dump = handover.parse(data, DEFAULT_HANDOVER_MAX_BYTES)
+        caches = {z.zone.wire: z.cache for z in self.resolver.zones}
+        counts = handover.load(dump, caches.get, self.config.max_udp_payload)
+        self.handover.add(counts)
+        result = {k: v for k, v in vars(counts).items() if k in ("loaded", "expired", "no_zone", "not_kept")}
+        log.info("cache dump loaded", extra={"fields": result})
+        return result
+
+    async def receive_handover(self) -> None:
+        """At startup: copy the cache of the agent answering on our control socket (a rollout), bounded in time.
+
+        Absent, hung, too slow, or a dump that does not load: start with what came (nothing), and say so.
+        """
+        cfg = self.config
+        if not cfg.control_socket or not cfg.handover_timeout:
+            return
+        started = time.monotonic()
+        try:
+            result = await asyncio.wait_for(
+                asyncio.to_thread(control.call, cfg.control_socket, "dump", {}, cfg.handover_timeout),
+                cfg.handover_timeout,
+            )
+            data = base64.b64decode(result["dump"], validate=True)
+            loaded = self.keep(data)
+        except (ControlError, HandoverError, TimeoutError, KeyError, TypeError, binascii.Error) as exc:
+            self.handover.add(handover.Counts(failed=1))
+            log.info("no cache handed over (%s); starting with an empty cache", str(exc) or type(exc).__name__)
+            return
+        log.info("cache handed over from the live agent in %.0f ms: %d answers", (time.monotonic() - started) * 1e3,
+                 loaded["loaded"])  # fmt: skip

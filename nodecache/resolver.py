@@ -29,9 +29,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodecache import wire
+from nodecache import prefetch, wire
 from nodecache.cache import Entry, Kind, MemoryBudget, ZoneCache
-from nodecache.config import STALE_REPLY_TTL, UPSTREAM_UDP_PAYLOAD, CachePolicy, Config, Zone
+from nodecache.config import DEFAULT_MAX_PREFETCHING, STALE_REPLY_TTL, UPSTREAM_UDP_PAYLOAD, CachePolicy, Config, Zone
 from nodecache.counters import Activity, Histogram, counted_rcode, counted_type
 from nodecache.errors import UpstreamError
 from nodecache.forwarder import Exchange, Forwarder, Overloaded, Result
@@ -94,7 +94,8 @@ class ZoneStats:
     nxdomain_cut: int = 0  # misses answered from a cached NXDOMAIN of the name or a parent (RFC 8020)
     sibling_waits: int = 0  # misses held behind an in-flight query for another type of their name
     nxdomain_waited: int = 0  # clients of those answered from its NXDOMAIN, with no query of their own
-    prefetches: int = 0  # refreshes started before expiry (prefetch is not implemented yet)
+    prefetches: int = 0  # refreshes started before expiry (prefetch.py)
+    prefetches_refused: int = 0  # prefetches not started: DEFAULT_MAX_PREFETCHING already in flight
     rcodes: dict[int, int] = field(default_factory=dict)  # upstream replies by rcode
     requests: dict[int, int] = field(default_factory=dict)
     responses: dict[tuple[int, str], int] = field(default_factory=dict)
@@ -106,7 +107,7 @@ class ZoneStats:
 class Flight:
     """One upstream query in flight for a cache key, and the clients waiting on it."""
 
-    __slots__ = ("zone", "key", "waiters", "timer", "exchange")
+    __slots__ = ("zone", "key", "waiters", "timer", "exchange", "prefetch")
 
     def __init__(self, zone: ZoneRuntime, q: wire.Query) -> None:
         self.zone = zone
@@ -114,6 +115,7 @@ class Flight:
         self.waiters: deque[Waiter] = deque()
         self.timer: Ticket | None = None  # the answer deadline of the oldest waiter (Resolver.deadlines)
         self.exchange: Exchange | None = None  # the forwarder's tries; None until started, or for LocalAnswers
+        self.prefetch = False  # started by a prefetch (Resolver._prefetch), not by a client
 
 
 class ZoneRuntime:
@@ -293,6 +295,8 @@ class Resolver:
         self.loop_check = LoopCheck(lambda: self.zones)
         self._loop_probes = self.loop_check.probes  # the same dict: `answer` tests it without a hop
         self.loops = self.loop_check.loops  # "zone upstream" pairs found looping
+        self.prefetching = 0  # prefetches in flight, all zones
+        self._arm_prefetch(self.zones)
 
     def reconfigure(self, config: Config) -> list[ZoneRuntime]:
         """Swap in a new Config's zones; return the ZoneRuntimes no longer used.
@@ -317,6 +321,7 @@ class Resolver:
         self._deadline = config.answer_deadline
         self._max_waiting = config.max_waiting
         self._max_per_name = config.max_waiting_per_name
+        self._arm_prefetch(zones)
         return list(old.values())
 
     def zone_for(self, lname: bytes) -> ZoneRuntime | None:
@@ -510,6 +515,31 @@ class Resolver:
         deliver(token, entry.reply(data, q.qend, q.edns, limit, self.clock()), "hit")
         return True
 
+    def _arm_prefetch(self, zones: list[ZoneRuntime]) -> None:
+        """Give the zones with prefetch on their prefetching cache lookup (see prefetch.py); others are untouched."""
+        for zone in zones:
+            prefetch.arm(zone.cache, functools.partial(self._prefetch, zone))
+
+    def _prefetch(self, zone: ZoneRuntime, key: bytes, entry: Entry) -> None:
+        """Refresh `key` in the background, as a miss with nobody waiting (called from a hit, see prefetch.py).
+
+        A key already being asked is left to that flight (the refresh coalesces with it). At most
+        DEFAULT_MAX_PREFETCHING run at once; one more is refused and counted. The answer replaces the
+        entry when it lands (`_fetch` stores it); a failure leaves the entry, and serve-stale, as they were.
+        """
+        if key in self._inflight:
+            return
+        if self.prefetching >= DEFAULT_MAX_PREFETCHING:
+            zone.stats.prefetches_refused += 1
+            return
+        zone.stats.prefetches += 1
+        self.prefetching += 1
+        q = wire.Query(key, key[:-5], 0, 0, 0, bool(key[-1] & wire.KEY_DO))
+        flight = Flight(zone, q)
+        flight.prefetch = True  # `_landed` counts it out; clients that join it meanwhile get its answer
+        self._inflight[key] = flight
+        self._fetch(flight, q)
+
     def _stale(self, zone: ZoneRuntime, key: bytes) -> Entry | None:
         """The entry for `key` if it may be served stale now (expired, within its stale window)."""
         entry = zone.cache.get(key)
@@ -586,6 +616,9 @@ class Resolver:
         """The upstream answered (or failed): answer every waiter; the next miss asks again."""
         if self._inflight.get(flight.key) is flight:
             del self._inflight[flight.key]
+        if flight.prefetch:
+            self.prefetching -= 1
+            flight.prefetch = False  # counted out once, however often it ends
         if self._held:
             self._release_held(flight, entry, exc)
         if flight.timer is not None:

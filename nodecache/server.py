@@ -96,6 +96,8 @@ class Server:
     async def startup(self) -> None:
         """Listeners first (they must serve before traffic is steered to them),
         then the node's interface and rules, then the operator's endpoints."""
+        # 0. A live agent's cache (a rollout), before this one serves or can look ready; --handover-timeout bounds it.
+        await self.operator.receive_handover()
         # 1. Listeners, with the purge sweep and the loop probes (which need them serving).
         await self.listeners.open_all()
         self.periodic.start_purge()

@@ -51,6 +51,7 @@ def _zone(z: ZoneRuntime) -> dict[str, Any]:
         "memory_evictions": c.memory_evictions,  # included in evictions
         "stale_served": s.stale,
         "prefetches": s.prefetches,
+        "prefetches_refused": s.prefetches_refused,  # not started: too many already in flight
         "coalesced": s.coalesced,
         "nxdomain_cut": s.nxdomain_cut,  # misses answered from a parent's cached NXDOMAIN (RFC 8020), also in hits
         "held_for_sibling": s.sibling_waits,  # misses held behind an in-flight A/AAAA query for their name
@@ -72,6 +73,7 @@ def report(
     not_ready: str | None,
     top: int = DEFAULT_TOP,
     tcp: TcpClients | None = None,
+    handover: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Everything `nodecache stats` shows, as JSON-ready data. `started` is a time.monotonic() value."""
     zones = [_zone(z) for z in resolver.zones]
@@ -127,6 +129,7 @@ def report(
             "memory_evictions": sum(z["memory_evictions"] for z in zones),
             "stale_served": sum(z["stale_served"] for z in zones),
             "prefetches": sum(z["prefetches"] for z in zones),
+            "prefetches_refused": sum(z["prefetches_refused"] for z in zones),
             "coalesced": sum(z["coalesced"] for z in zones),
             "nxdomain_cut": sum(z["nxdomain_cut"] for z in zones),
             "held_for_sibling": sum(z["held_for_sibling"] for z in zones),
@@ -138,6 +141,7 @@ def report(
                                                                                      "waiting_cap")},
         },
         "zones": zones,
+        "handover": handover,  # cache dumps and loads (handover.Counts), None when not reported
         "upstreams": upstreams,
         "top_names": [{"name": name_text(k), "queries": n} for k, n in a.names.top(top)],  # type: ignore[arg-type]
         "top_clients": [{"client": str(k), "queries": n} for k, n in a.clients.top(top)],
@@ -201,6 +205,16 @@ def _tcp_line(t: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _handover_line(h: dict[str, Any] | None) -> list[str]:
+    if not h:
+        return []
+    return [
+        f"handover    {h['dumped']} answers dumped ({h['left_out']} left out over the size limit), {h['loaded']} loaded, "
+        f"{h['expired']} expired in transit, {h['no_zone']} of zones not served here, {h['not_kept']} not kept; "
+        f"{h['failed']} startup handovers brought nothing"
+    ]
+
+
 def _memory(c: dict[str, Any]) -> str:
     """The bytes the caches hold, and of what budget (an older agent's report has no budget)."""
     budget = c.get("memory", {}).get("budget")
@@ -223,7 +237,7 @@ def render(r: dict[str, Any]) -> str:
         f"entries     {c['entries']['success']} success / {c['capacity']['success']}, "
         f"{c['entries']['denial']} denial / {c['capacity']['denial']}, {_memory(c)}",
         f"events      {c['evictions']} evictions ({c.get('memory_evictions', 0)} for memory), "
-        f"{c['stale_served']} stale served, {c['prefetches']} prefetches, "
+        f"{c['stale_served']} stale served, {c['prefetches']} prefetches ({c.get('prefetches_refused', 0)} refused), "
         f"{c['coalesced']} coalesced, {c.get('nxdomain_cut', 0)} NXDOMAIN cuts, "
         f"{c.get('held_for_sibling', 0)} held for A/AAAA ({c.get('nxdomain_from_sibling', 0)} answered NXDOMAIN)",
         f"rejected    {q['refused_no_zone']} outside every zone, {q['malformed']} malformed, {q['dropped']} dropped, "
@@ -232,6 +246,7 @@ def render(r: dict[str, Any]) -> str:
         f"{early['deadline']} at the deadline, {early['upstreams_down']} with every upstream down, "
         f"{early['waiting_cap']} over the waiting caps",
         *_tcp_line(r.get("tcp")),
+        *_handover_line(r.get("handover")),
         "",
         f"{'zone':<22} {'queries':>9} {'hits':>9} {'misses':>8} {'ratio':>7} {'success':>8} {'denial':>7} "
         f"{'bytes':>10} {'evict':>6} {'stale':>6} {'coal':>6}",

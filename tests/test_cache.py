@@ -857,6 +857,45 @@ def _budgeted(clock: FakeClock, zones: int, limit: int) -> tuple[MemoryBudget, l
     return budget, caches
 
 
+class TestKeepTtl:
+    """CoreDNS's `keepttl`: a zone's answers are replayed with the TTLs they were stored with."""
+
+    KEEP = CachePolicy(success_max_ttl=3600, denial_max_ttl=3600, keepttl=True)
+
+    @pytest.mark.parametrize("elapsed", [0, 1, 7.5, 29])
+    def test_ttls_stay_as_stored(self, elapsed: float, clock: FakeClock) -> None:
+        entry = cached(reply(answers=[cname(NAME, "web.example.com.", 30), a("web.example.com.", 10)]), clock, self.KEEP)
+        clock.advance(elapsed)
+        assert ttls_of(parse(replay(entry, query(), clock.now()))) == [30, 10]
+
+    def test_the_cap_still_applies(self, clock: FakeClock) -> None:
+        """keepttl keeps what the cache stored: a 3600 s record cached for at most 30 s is served with 30."""
+        policy = CachePolicy(success_max_ttl=30, keepttl=True)
+        entry = cached(reply(answers=[a(NAME, 3600)]), clock, policy)
+        clock.advance(12)
+        assert ttls_of(parse(replay(entry, query(), clock.now()))) == [30]
+
+    def test_a_denial_keeps_its_soa_ttl(self, clock: FakeClock) -> None:
+        msg = reply(rcode=wire.NXDOMAIN, authority=[soa(ZONE, 60, 60)])
+        entry = cached(msg, clock, self.KEEP)
+        clock.advance(20)
+        assert ttls_of(parse(replay(entry, query(), clock.now()))) == [60]
+
+    def test_truncated_replies_keep_the_ttls_too(self, clock: FakeClock) -> None:
+        many = [a(NAME, 40, f"192.0.2.{i}") for i in range(1, 60)]
+        entry = cached(reply(answers=many), clock, self.KEEP)
+        clock.advance(5)
+        out = parse(replay(entry, query(), clock.now(), limit=512))
+        assert out.header.tc and out.rr and {r.ttl for r in out.rr} == {40}
+
+    def test_without_keepttl_the_zone_keeps_the_plain_entry(self, clock: FakeClock) -> None:
+        """Off costs nothing: the entries are plain Entry objects, whose TTLs count down."""
+        entry = cached(reply(answers=[a(NAME, 40)]), clock)
+        clock.advance(5)
+        assert type(entry) is Entry
+        assert ttls_of(parse(replay(entry, query(), clock.now()))) == [35]
+
+
 class TestMemoryBudget:
     """--cache-memory: one byte budget over every zone, enforced on store with the true accounting."""
 

@@ -33,7 +33,7 @@ SVC = "kubernetes.default.svc.cluster.local"
 WEB = "web.default.svc.cluster.local"
 WILD = "a.wild.cluster.local"
 STATS_KEYS = {"schema", "version", "uptime_seconds", "ready", "not_ready_because", "listen", "queries", "cache",
-              "zones", "upstreams", "top_names", "top_clients", "sampling", "misses", "tcp"}  # fmt: skip
+              "zones", "upstreams", "top_names", "top_clients", "sampling", "misses", "tcp", "handover"}  # fmt: skip
 NOBODY = 65534
 
 
@@ -342,7 +342,7 @@ def test_a_stale_socket_file_is_replaced_at_start(tmp_path: Path) -> None:
 
 
 def test_unknown_and_malformed_requests_get_an_error_reply(agent: Agent) -> None:
-    with pytest.raises(ControlError, match="unknown command 'reboot'; this agent knows: flush, stats"):
+    with pytest.raises(ControlError, match="unknown command 'reboot'; this agent knows: dump, flush, load, stats"):
         call(agent.sock, "reboot")
     with socket.socket(socket.AF_UNIX) as raw:
         raw.settimeout(5)

@@ -644,14 +644,7 @@ def test_tuned_corefile_fixture() -> None:
     assert reverse.forward is not None and reverse.forward.prefer_udp and not reverse.forward.force_tcp
     assert root.cache is not None and root.cache.disable_denial == ("ads.example.",)
 
-    # prefetch and keepttl parse, but the agent refuses them by line until the cache implements them.
-    with pytest.raises(ConfigError, match=r"tuned\.Corefile:11: cache prefetch: not supported yet; remove it"):
-        to_config(parsed)
-    text = (FIXTURES / "tuned.Corefile").read_text()
-    text = text.replace("prefetch 5 30s 20%", "")  # blanked, so the other lines keep their numbers
-    with pytest.raises(ConfigError, match=r"tuned\.Corefile:14: cache keepttl: not supported yet; remove it"):
-        to_config(parse_corefile(text, "tuned.Corefile"))
-    config = to_config(parse_corefile(text.replace("keepttl", ""), "tuned.Corefile"))
+    config = to_config(parsed)
     zones = {z.name: z for z in config.zones}
     assert list(zones) == [
         "cluster.test.", "svc.example.", "2.0.192.in-addr.arpa.", "8.b.d.0.1.0.0.2.ip6.arpa.", ".", "ads.example.",
@@ -659,6 +652,7 @@ def test_tuned_corefile_fixture() -> None:
     assert zones["svc.example."].cache == CachePolicy(
         success_capacity=19968, success_max_ttl=30, success_min_ttl=2,
         denial_capacity=4864, denial_max_ttl=10, denial_min_ttl=0, servfail_ttl=2, stale_window=600,
+        prefetch_amount=5, prefetch_duration=30.0, prefetch_percentage=20, keepttl=True,
     )
     assert zones["."].cache.success_max_ttl == 3600 and zones["."].cache.denial_max_ttl == 1800
     assert zones["ads.example."].cache.denial_capacity == 0 and zones["ads.example."].cache.success_capacity == 9984

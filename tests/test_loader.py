@@ -61,6 +61,10 @@ def stale_windows(c: Config) -> object:
     return {z.cache.stale_window for z in c.zones}
 
 
+def prefetches(c: Config) -> object:
+    return {(z.cache.prefetch_amount, z.cache.prefetch_duration, z.cache.prefetch_percentage) for z in c.zones}
+
+
 CASES = [
     Case("port", 5300, lambda c: c.port, 53, 5353, 5300),
     Case("local_ip", ("127.0.0.2,::1",), lambda c: c.listen, ("169.254.20.10",), ("127.0.0.1",), ("127.0.0.2", "::1")),
@@ -76,6 +80,7 @@ CASES = [
     Case("serve_stale", 0, stale_windows, {3600}, {600}, {0}),
     Case("serve_stale_mode", "verify", lambda c: {z.cache.stale_mode for z in c.zones}, {"verify"}, {"immediate"},
          {"verify"}),  # fmt: skip
+    Case("prefetch", "5 30s 20%", prefetches, {(0, 60.0, 10)}, {(0, 60.0, 10)}, {(5, 30.0, 20)}),
     Case("try_timeout", 0.5, lambda c: {z.forward.try_timeout for z in c.zones}, {2.0}, {2.0}, {0.5}),
     # Flags the Corefile has no word for: the Corefile leaves their default alone.
     Case("control_socket", "none", lambda c: c.control_socket, DEFAULT_CONTROL_SOCKET, DEFAULT_CONTROL_SOCKET, None),
@@ -146,6 +151,9 @@ REFUSED = [
     ("cache_memory", "10", False, "at least 1Mi"),
     ("interface_name", "a/b", True, "interface name 'a/b' is not usable"),
     ("upstream", ("host.example:53",), False, "'host.example:53' is not an IP address"),
+    ("prefetch", "5 30s 5%", False, "--prefetch '5 30s 5%': PERCENTAGE must be 10% to 90%"),
+    ("prefetch", "often", True, "--prefetch 'often': AMOUNT must be a whole number"),
+    ("prefetch", "5 1m 20% 4", False, "--prefetch '5 1m 20% 4': expected prefetch AMOUNT"),
 ]
 
 

@@ -45,6 +45,8 @@ from nodecache.corefile.directives.cache import (
     StaleSpec,
     cache_policy,
     coredns_capacity,
+    prefetch_fields,
+    prefetch_flag,
 )
 from nodecache.corefile.directives.forward import ForwardSpec
 from nodecache.corefile.directives.health import COREDNS_HEALTH_PORT, COREDNS_METRICS_ADDRESS
@@ -111,6 +113,8 @@ __all__ = [
     "ReloadSpec",
     "ServerBlock",
     "StaleSpec",
+    "prefetch_fields",
+    "prefetch_flag",
     "TemplateSpec",
     "Token",
     "ZoneKey",

@@ -37,8 +37,6 @@ def _cache_cell(capacity: int, min_ttl: int, max_ttl: int) -> str:
 
 
 def _prefetch_cell(policy: CachePolicy) -> str:
-    # CachePolicy gains prefetch fields with the prefetch work; until then there is none to show.
-    amount = getattr(policy, "prefetch_amount", 0)
-    if not amount:
+    if not policy.prefetch_amount:
         return "off"
-    return f"{amount} hits/{getattr(policy, 'prefetch_duration', 0):g}s at {getattr(policy, 'prefetch_percentage', 0)}%"
+    return f"{policy.prefetch_amount} hits/{policy.prefetch_duration:g}s at {policy.prefetch_percentage}%"

@@ -60,14 +60,13 @@ def to_config(parsed: CorefileConfig, overrides: Overrides | None = None) -> Con
 
 
 def _refuse_unsupported(blocks: Sequence[ServerBlock]) -> None:
-    """template, hosts, prefetch and keepttl parse, but the agent cannot honour them yet: refuse, never ignore."""
+    """template and hosts parse, but the agent cannot honour them yet: refuse, never ignore."""
     for block in blocks:
         found = [("template", t.line) for t in block.templates]
         if block.hosts is not None:
             found.append(("hosts", block.hosts.line))
         for what, line in found:
             raise ConfigError(f"{block.source}:{line}: {what} {template.REFUSED}")
-        cache.refuse_unsupported(block)
 
 
 def _common_port(blocks: Sequence[ServerBlock]) -> int:

@@ -101,9 +101,10 @@ def test_words_outside_the_declarations_are_refused_by_line(name: str, body: str
     Option("cache TTL", sample("cache 30"), sample("cache"), reaches=("zones.cache.success_max_ttl",)),
     Option("cache serve_stale", sample("cache {\nserve_stale 10m immediate\n}"), sample("cache"),
            reaches=("zones.cache.stale_window", "zones.cache.stale_mode", "zones.cache.servfail_ttl")),
-    Option("cache prefetch", sample("cache {\nprefetch 5\n}"), sample("cache"), reaches=("zones.cache",)),
+    Option("cache prefetch", sample("cache {\nprefetch 5 30s\n}"), sample("cache"),
+           reaches=("zones.cache.prefetch_amount",)),
     Option("reload JITTER", sample("reload 30s 5s"), sample("reload 30s"), refused="Corefile:9:"),
-], ids=["inert-but-not", "reaches-nothing", "undeclared-field", "unreached-field", "refused-not-reaching",
+], ids=["inert-but-not", "reaches-nothing", "undeclared-field", "unreached-field", "stray-fields",
         "wrong-line"])  # fmt: skip
 def test_the_check_fails_on_a_wrong_declaration(wrong: Option) -> None:
     """The check above can fail: each of these declarations misstates what the option does."""

@@ -77,9 +77,25 @@ def test_log_in_any_block_turns_the_query_log_on() -> None:
     assert config.query_log
 
 
-@pytest.mark.parametrize(("option", "line"), [("prefetch 10", 4), ("keepttl", 4)])
-def test_prefetch_and_keepttl_are_refused_by_line(option: str, line: int) -> None:
-    with pytest.raises(ConfigError, match=rf"^Corefile:{line}: cache {option.split()[0]}: not supported yet; remove it \("):
+@pytest.mark.parametrize(("option", "fields"), [
+    ("prefetch 10", {"prefetch_amount": 10, "prefetch_duration": 60.0, "prefetch_percentage": 10}),
+    ("prefetch 3 30s 25%", {"prefetch_amount": 3, "prefetch_duration": 30.0, "prefetch_percentage": 25}),
+    ("keepttl", {"keepttl": True}),
+])  # fmt: skip
+def test_prefetch_and_keepttl_reach_the_cache_policy(option: str, fields: dict[str, object]) -> None:
+    config = config_of(f".:53 {{\n forward . {UP}\n cache {{\n  {option}\n }}\n}}")
+    policy = config.zones[0].cache
+    assert {name: getattr(policy, name) for name in fields} == fields
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("prefetch", "Corefile:4: cache prefetch: expected prefetch AMOUNT"),
+    ("prefetch 10 0s", "Corefile:4: cache prefetch: DURATION must be more than 0"),
+    ("prefetch 10 1m 95%", "Corefile:4: cache prefetch: PERCENTAGE must be 10% to 90%"),
+    ("prefetch -1", "Corefile:4: cache prefetch: AMOUNT must be a whole number"),
+])  # fmt: skip
+def test_bad_prefetch_values_are_refused_by_line(option: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{message}"):
         config_of(f".:53 {{\n forward . {UP}\n cache {{\n  {option}\n }}\n}}")
 
 

@@ -1,8 +1,8 @@
 """`cache [TTL] [ZONES...] { success, denial, prefetch, serve_stale, servfail, disable, keepttl }`.
 
 Parsed with CoreDNS's defaults, then translated into each zone's CachePolicy.
-`prefetch` and `keepttl` parse (so the error names the right line) but are refused
-by `to_config` until the cache implements them.
+`prefetch` and `keepttl` are honoured with CoreDNS's meaning (see resolver.py's
+Prefetch and cache.py's KeptTtlEntry). `--prefetch` takes the same words.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from nodecache.config import CachePolicy, ForwardPolicy, Zone
+from nodecache.config import PREFETCH_PERCENTAGE_RANGE, CachePolicy, ForwardPolicy, Zone
 from nodecache.corefile.lexer import Token
 from nodecache.corefile.reader import Line
 from nodecache.corefile.registry import Directive, Option, sample
@@ -42,17 +42,10 @@ COREDNS_SERVFAIL_TTL = 5.0  # `servfail` when not given
 COREDNS_SERVFAIL_MAX = 300.0  # RFC 2308: SERVFAIL may not be cached longer than 5 minutes
 COREDNS_PREFETCH_DURATION = 60.0  # `prefetch AMOUNT` without DURATION
 COREDNS_PREFETCH_PERCENTAGE = 10  # ... without PERCENTAGE%
-PREFETCH_PERCENTAGE_RANGE = (10, 90)
 COREDNS_STALE_DURATION = 3600.0  # `serve_stale` without DURATION
 STALE_REFRESH_MODES = ("immediate", "verify")
 
 NO_CACHE = CachePolicy(success_capacity=0, denial_capacity=0, servfail_ttl=0, stale_window=0)  # a block without `cache`
-# Parsed but not honoured by the cache yet (issue 11): to_config refuses them, saying what to do instead.
-UNSUPPORTED_OPTIONS = {
-    "prefetch": "nodecache does not refresh entries before they expire; serve_stale keeps expired answers "
-    "served while they are refreshed",
-    "keepttl": "nodecache answers with the remaining TTL, as CoreDNS does without keepttl",
-}
 
 
 @dataclass(frozen=True)
@@ -140,8 +133,10 @@ def _kind(kind: str) -> _Option:
 
 def _prefetch(spec: CacheSpec, ctx: Ctx, args: list[Token]) -> CacheSpec:
     arity(ctx, args, 1, 3, "prefetch AMOUNT [DURATION [PERCENTAGE%]]")
-    amount = integer(ctx, args[0], "AMOUNT")
+    amount = integer(ctx, args[0], "AMOUNT")  # 0: off, as in CoreDNS
     seconds = duration(ctx, args[1], "DURATION") if len(args) > 1 else COREDNS_PREFETCH_DURATION
+    if seconds <= 0:
+        raise ctx.at(args[1].line).fail(f"DURATION must be more than 0, got {args[1].text!r}")
     percentage = COREDNS_PREFETCH_PERCENTAGE
     if len(args) > 2:
         text = args[2].text
@@ -150,6 +145,24 @@ def _prefetch(spec: CacheSpec, ctx: Ctx, args: list[Token]) -> CacheSpec:
             raise ctx.at(args[2].line).fail(f"PERCENTAGE must be {low}% to {high}% with the % sign, got {text!r}")
         percentage = int(text[:-1])
     return replace(spec, prefetch=PrefetchSpec(amount, seconds, percentage))
+
+
+class _FlagCtx(Ctx):
+    """Words of a command-line flag rather than a Corefile line: messages name the flag."""
+
+    def at(self, line: int) -> Ctx:
+        return self
+
+    def fail(self, message: str) -> ConfigError:
+        return ConfigError(f"{self.directive}: {message}")
+
+
+def prefetch_flag(text: str) -> PrefetchSpec:
+    """`--prefetch "AMOUNT [DURATION [PERCENTAGE%]]"`: the directive's words, checked by the same parser."""
+    words = [Token(w, 1, 1) for w in text.split()]
+    spec = _prefetch(CacheSpec(0), _FlagCtx("--prefetch", 1, f"--prefetch {text!r}"), words)
+    assert spec.prefetch is not None
+    return spec.prefetch
 
 
 def _serve_stale(spec: CacheSpec, ctx: Ctx, args: list[Token]) -> CacheSpec:
@@ -204,19 +217,6 @@ def coredns_capacity(requested: int) -> int:
     return max(requested // COREDNS_CACHE_SHARDS, COREDNS_CACHE_MIN_SHARD) * COREDNS_CACHE_SHARDS
 
 
-def refuse_unsupported(block: ServerBlock) -> None:
-    """prefetch and keepttl parse but the cache cannot honour them yet: refuse, never ignore."""
-    spec = block.cache
-    if spec is None:
-        return
-    written = {"prefetch": spec.prefetch is not None, "keepttl": spec.keepttl}
-    for option, why in UNSUPPORTED_OPTIONS.items():
-        if written[option]:
-            raise ConfigError(
-                f"{block.source}:{spec.line_of(option)}: cache {option}: not supported yet; remove it ({why})"
-            )
-
-
 def cache_policy(spec: CacheSpec, success: bool = True, denial: bool = True) -> CachePolicy:
     """The CachePolicy a `cache` directive means; `success`/`denial` False: that half disabled.
 
@@ -236,7 +236,20 @@ def cache_policy(spec: CacheSpec, success: bool = True, denial: bool = True) -> 
         servfail_ttl=int(spec.servfail_ttl) if denial else 0,
         stale_window=stale,
         stale_mode=mode,
+        **prefetch_fields(spec.prefetch),
+        keepttl=spec.keepttl,
     )
+
+
+def prefetch_fields(prefetch: PrefetchSpec | None) -> dict[str, Any]:
+    """CachePolicy's prefetch fields for a `prefetch` option (None: off)."""
+    if prefetch is None:
+        return {}
+    return {
+        "prefetch_amount": prefetch.amount,
+        "prefetch_duration": prefetch.duration,
+        "prefetch_percentage": prefetch.percentage,
+    }
 
 
 def zones_of(block: ServerBlock, name: str, forward: ForwardPolicy, explicit: set[str]) -> list[Zone]:
@@ -295,15 +308,14 @@ CACHE = Directive(
         Option("cache denial", _in_cache("denial 5000 60 10"), sample("cache"),
                reaches=("zones.cache.denial_capacity", "zones.cache.denial_max_ttl", "zones.cache.denial_min_ttl")),
         Option("cache prefetch", _in_cache("prefetch 5 30s 20%"), sample("cache"),
-               refused="Corefile:3: cache prefetch: not supported yet; remove it"),
+               reaches=("zones.cache.prefetch_amount", "zones.cache.prefetch_duration", "zones.cache.prefetch_percentage")),
         Option("cache serve_stale", _in_cache("serve_stale 10m immediate"), sample("cache"),
                reaches=("zones.cache.stale_window", "zones.cache.stale_mode")),
         Option("cache servfail", _in_cache("servfail 2s"), sample("cache"), reaches=("zones.cache.servfail_ttl",)),
         Option("cache disable", _in_cache("disable denial"), sample("cache"),
                reaches=("zones.cache.denial_capacity", "zones.cache.servfail_ttl")),
         Option("cache disable ZONES", _in_cache("disable success example.org"), sample("cache"), reaches=("zones",)),
-        Option("cache keepttl", _in_cache("keepttl"), sample("cache"),
-               refused="Corefile:3: cache keepttl: not supported yet; remove it"),
+        Option("cache keepttl", _in_cache("keepttl"), sample("cache"), reaches=("zones.cache.keepttl",)),
     ),
     words=tuple(_OPTIONS),
 )
