@@ -20,6 +20,7 @@ from nodecache.listeners import TcpClients
 from nodecache.metrics import CONTENT_TYPE, AgentCollector, exposition, registry
 from nodecache.names import canonical_name
 from nodecache.resolver import Resolver
+from nodecache.sockstats import UdpSocketStats
 from nodecache.stats import DEFAULT_TOP, report
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class OperatorEndpoints:
         setup_errors: Callable[[], Mapping[str, int]],
         reload_failed: Callable[[], int],
         started: float,
+        udp: Callable[[], list[UdpSocketStats]] = list,
     ) -> None:
         self.config = config  # the one at startup: these addresses change only with a restart
         self.resolver = resolver
@@ -49,6 +51,7 @@ class OperatorEndpoints:
         self.setup_errors = setup_errors
         self.reload_failed = reload_failed
         self.started = started
+        self.udp = udp  # the listening UDP sockets' buffers and drops, read when asked
         self.control: ControlServer | None = None
         self.http: list[HttpEndpoint] = []
         self.opened = False
@@ -68,7 +71,7 @@ class OperatorEndpoints:
         metrics_at, health_at = cfg.metrics_endpoint, cfg.health_endpoint
         if metrics_at:
             collector = AgentCollector(
-                self.resolver, self.server_label, self.setup_errors, self.reload_failed, tcp=self.tcp
+                self.resolver, self.server_label, self.setup_errors, self.reload_failed, tcp=self.tcp, udp=self.udp
             )
             reg = registry(collector)
 
@@ -116,7 +119,7 @@ class OperatorEndpoints:
         ready, why = self.readiness.state()
         return report(
             self.resolver, started=self.started, listen=list(self.bound()), ready=ready, not_ready=why, top=top,
-            tcp=self.tcp,
+            tcp=self.tcp, udp=self.udp(),
         )  # fmt: skip
 
     def flush(self, args: dict[str, Any]) -> dict[str, Any]:
