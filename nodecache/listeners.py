@@ -198,12 +198,15 @@ class UdpListener(asyncio.DatagramProtocol):
         replies = batch.replies
         answer, via = self.answer, self.via
         observe_all = self.query_log is not None
+        countdown = self.countdown
         n = 0
         try:
             for data in datagrams:
-                self.countdown -= 1
-                if observe_all or not self.countdown:
+                countdown -= 1
+                if observe_all or not countdown:
+                    self.countdown = countdown
                     self._observed(data, batch.peer(n))
+                    countdown = self.countdown
                 else:
                     r = answer(data, via)
                     if r.__class__ is bytes:
@@ -212,6 +215,7 @@ class UdpListener(asyncio.DatagramProtocol):
                         self.submit(data, r, via, self._deliver, batch.peer(n))  # type: ignore[arg-type]
                 n += 1
         finally:
+            self.countdown = countdown
             batch.send(n)
 
     def _logged(self, data: bytes, addr: Any) -> None:
