@@ -65,6 +65,15 @@ def receive_all(batch: mmsg.Batch, expected: int) -> list[bytes]:
     return got
 
 
+def asked(server: socket.socket, *payloads: bytes) -> tuple[socket.socket, mmsg.Batch, list[bytes]]:
+    """One client sends `payloads`; a batch reader of 8 slots reads them: (client, batch, what it read)."""
+    (c,) = clients(server, 1)
+    for data in payloads:
+        c.sendto(data, server.getsockname())
+    batch = mmsg.Batch(server, 8, SLOT, SLOT)
+    return c, batch, receive_all(batch, len(payloads))
+
+
 def test_nothing_waiting_reads_nothing(server: socket.socket) -> None:
     batch = mmsg.Batch(server, 8, SLOT, SLOT)
     assert batch.receive() == [] and (batch.received, batch.errors) == (0, 0)
@@ -102,31 +111,21 @@ def test_each_reply_goes_to_the_peer_of_its_query_even_with_gaps(server: socket.
 
 
 def test_an_ipv6_peer_reads_as_the_socket_module_writes_it(server: socket.socket) -> None:
-    (c,) = clients(server, 1)
+    c, batch, _ = asked(server, b"x")
     with c:
-        c.sendto(b"x", server.getsockname())
-        batch = mmsg.Batch(server, 4, SLOT, SLOT)
-        receive_all(batch, 1)
         assert batch.peer(0) == c.getsockname()  # (host, port) or (host, port, flowinfo, scope_id)
 
 
 def test_empty_and_largest_datagrams_pass_larger_ones_are_dropped_and_counted(server: socket.socket) -> None:
-    (c,) = clients(server, 1)
+    c, batch, got = asked(server, *(b"a" * size for size in (0, SLOT, SLOT + 1, 1, 4000)))
     with c:
-        for size in (0, SLOT, SLOT + 1, 1, 4000):
-            c.sendto(b"a" * size, server.getsockname())
-        batch = mmsg.Batch(server, 8, SLOT, SLOT)
-        got = receive_all(batch, 5)
         assert got == [b"", b"a" * SLOT, b"", b"a", b""]  # a dropped one reads as nothing, as an empty one does
         assert batch.truncated == 2 and batch.received == 5
 
 
 def test_a_reply_larger_than_its_slot_goes_out_alone(server: socket.socket) -> None:
-    (c,) = clients(server, 1)
+    c, batch, _ = asked(server, b"q")
     with c:
-        c.sendto(b"q", server.getsockname())
-        batch = mmsg.Batch(server, 4, SLOT, SLOT)
-        receive_all(batch, 1)
         batch.replies[0] = b"b" * 1000
         batch.send(1)
         assert c.recvfrom(2000)[0] == b"b" * 1000 and batch.sent == 1

@@ -57,14 +57,13 @@ def stats(agent: AgentProcess, text: bool = False) -> Any:
 
 
 @pytest.mark.slow
-def test_queries_dropped_by_a_full_receive_buffer_show_in_stats_and_metrics(tmp_path: Path) -> None:
+def test_queries_dropped_by_a_full_receive_buffer_show_in_stats_and_metrics(
+    upstream: FakeUpstream, node_resolv_conf: Path
+) -> None:
     """The agent is stopped (SIGSTOP), a burst overflows its small receive buffer, and it counts what it lost."""
-    conf = tmp_path / "resolv.conf"
-    conf.write_text("nameserver 127.0.0.254\n")
     port = free_port()
-    with FakeUpstream() as up, AgentProcess(["--listen", "127.0.0.1", "--port", str(port), "--upstream",
-                                             f"127.0.0.1:{up.port}", "--node-resolv-conf", str(conf),
-                                             "--udp-rcvbuf", "4Ki"]) as agent:  # fmt: skip
+    with AgentProcess(["--listen", "127.0.0.1", "--port", str(port), "--upstream", f"127.0.0.1:{upstream.port}",
+                       "--node-resolv-conf", str(node_resolv_conf), "--udp-rcvbuf", "4Ki"]) as agent:  # fmt: skip
         assert raw_udp("127.0.0.1", port, query(NAME, "A", qid=1)) is not None  # cached: the burst is hits
         (before,) = stats(agent)["udp"]
         assert before["listener"] == f"127.0.0.1:{port}" and before["receive_drops"] == 0
