@@ -10,8 +10,8 @@ from dataclasses import replace
 import pytest
 
 from nodecache import mmsg, wire
-from nodecache.listeners import UdpBatchTransport, make_socket
-from tests.conftest import make_config, running
+from nodecache.listeners import UDP_BATCH_DATAGRAM, UdpBatchTransport, make_socket
+from tests.conftest import ask_udp, make_config, running
 from tests.dnsmsg import query
 from tests.support.fakeupstream import FakeUpstream
 
@@ -121,3 +121,14 @@ def test_a_buffer_above_the_cap_without_cap_net_admin_is_logged(
     with make_socket("127.0.0.1", 0, socket.SOCK_DGRAM, rcvbuf=rmem_max + (1 << 20)) as s:
         assert s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * rmem_max
     assert any("net.core.rmem_max" in r.getMessage() for r in caplog.records)
+
+
+@needs_mmsg
+async def test_a_query_too_large_for_a_batch_slot_is_dropped_and_counted(upstream: FakeUpstream) -> None:
+    async with running(make_config([f"127.0.0.1:{upstream.port}"])) as srv:
+        port = srv.bound[0][1]
+        padded = query(NAMES[0], "A", qid=7) + bytes(UDP_BATCH_DATAGRAM)  # trailing bytes past the slot
+        assert await ask_udp(port, padded, timeout=0.5) is None
+        assert await ask_udp(port, query(NAMES[0], "A", qid=8)) is not None  # the next one is answered
+        (udp,) = srv.listeners.udp_stats()
+        assert (udp.truncated, udp.batched, srv.resolver.dropped) == (1, True, 1)
