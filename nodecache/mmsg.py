@@ -128,7 +128,13 @@ class Batch:
         self._names_view = memoryview(self._names).cast("B")
         self._iov_out_view = memoryview(self._iov_out).cast("B")
         # The receive vector's msg_len fields, all read with one unpack.
-        self._lengths = struct.Struct("".join(f"{_LEN_AT}xI{_HDR - _LEN_AT - 4}x" for _ in range(size)))
+        # The receive vector's msg_len fields of the first n entries, read with one unpack (_lengths[n]).
+        entry = f"{_LEN_AT}xI{_HDR - _LEN_AT - 4}x"
+        self._lengths = [struct.Struct(entry * n) for n in range(size + 1)]
+        # recvmmsg's arguments as ctypes values, made once: a call then converts nothing.
+        self._recv_args = (ctypes.c_int(self.fd), ctypes.c_void_p(self._hdr_in_at), ctypes.c_uint(size),
+                           ctypes.c_int(MSG_DONTWAIT | MSG_TRUNC), None)  # fmt: skip
+        self._send_fd, self._send_flags = ctypes.c_int(self.fd), ctypes.c_int(MSG_DONTWAIT)
         self._hdr_in_view = memoryview(self._hdr_in).cast("B")
         self.received = 0  # datagrams read
         self.batches = 0  # recvmmsg calls that read at least one
@@ -141,7 +147,7 @@ class Batch:
     def receive(self) -> list[bytes]:
         """The datagrams waiting, up to `size` (an empty list: none, or an error, counted)."""
         while True:
-            n = _LIB.recvmmsg(self.fd, self._hdr_in_at, self.size, MSG_DONTWAIT | MSG_TRUNC, None)
+            n = _LIB.recvmmsg(*self._recv_args)
             if n > 0:
                 break
             err = ctypes.get_errno()
@@ -154,7 +160,7 @@ class Batch:
         self.batches += 1
         size = self.datagram
         view = self._in_view
-        lengths = self._lengths.unpack_from(self._hdr_in_view)
+        lengths = self._lengths[n].unpack_from(self._hdr_in_view)
         out = []
         for i in range(n):
             length = lengths[i]
@@ -197,7 +203,7 @@ class Batch:
             out += 1
         done = 0
         while done < out:
-            k = _LIB.sendmmsg(self.fd, self._hdr_out_at + done * _HDR, out - done, MSG_DONTWAIT)
+            k = _LIB.sendmmsg(self._send_fd, self._hdr_out_at + done * _HDR, out - done, self._send_flags)
             if k > 0:
                 done += k
                 self.sent += k
