@@ -210,6 +210,11 @@ def where(key: tuple[str, int, str]) -> str:
     return f"{short}:{line}({func})"
 
 
+# The listener callbacks a UDP query enters by: batched (the default; once per recvmmsg batch) or the
+# event loop's datagram transport (--udp-batch 0 or 1; once per query). The report names those that ran.
+RECEIVE_ENTRIES = ("datagrams_received", "datagram_received")
+
+
 def is_dnslib(key: tuple[str, int, str]) -> bool:
     return f"{os.sep}dnslib{os.sep}" in key[0]
 
@@ -233,6 +238,9 @@ def report(out: Path, args: argparse.Namespace, findings: dict) -> int:
                                                      reverse=True)[:args.top]:
             print(f"{nc:>10,} {tt:>9.3f} {ct:>9.3f} {100 * tt / total_tt:>4.0f}%  {where(key)}")
 
+    entries = {k[2]: v[1] for k, v in raw.items() if k[0].endswith("listeners.py") and k[2] in RECEIVE_ENTRIES}
+    print("\nUDP receive entry points: " + (", ".join(f"{name} {calls:,} calls" for name, calls in entries.items())
+                                           or "none ran (the hit phase did not reach the listeners)"))
     dnslib = sorted(((k, v) for k, v in raw.items() if is_dnslib(k)), key=lambda kv: kv[1][1], reverse=True)
     answered = max(1, findings.get("answered", 0))
     print()

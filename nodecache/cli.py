@@ -46,9 +46,13 @@ from nodecache.config import (
     DEFAULT_TCP_IDLE_TIMEOUT,
     DEFAULT_TIMEOUT,
     DEFAULT_TRY_TIMEOUT,
+    DEFAULT_UDP_BATCH,
+    DEFAULT_UDP_RCVBUF,
+    DEFAULT_UDP_SNDBUF,
     DNS_PORT,
     IPTABLES_BACKENDS,
     LOOPS,
+    MAX_UDP_BATCH,
     POLICIES,
     STALE_MODES,
     check_interface_name,
@@ -167,6 +171,15 @@ def main() -> None:
          help="Client TCP connections open at once from one client address; one more is closed at once (counted).")
 @_option("--max-udp-payload", type=click.IntRange(512, 65535), default=DEFAULT_MAX_UDP_PAYLOAD,
          help="Largest UDP reply sent, whatever size a client advertises (1232 avoids fragmentation).")
+@_option("--udp-batch", type=click.IntRange(0, MAX_UDP_BATCH), default=DEFAULT_UDP_BATCH, metavar="N",
+         help="UDP queries read with one recvmmsg, their cache hits answered with one sendmmsg; 0 or 1 uses the "
+              "event loop's datagram transport (also the fallback where recvmmsg is missing).")
+@_option("--udp-rcvbuf", default=f"{DEFAULT_UDP_RCVBUF // 2**20}Mi", metavar="BYTES",
+         help="Kernel receive buffer of each listening UDP socket (unbound's so-rcvbuf), absorbing bursts; capped at "
+              "net.core.rmem_max unless the agent has CAP_NET_ADMIN (logged). 0: the system default.")
+@_option("--udp-sndbuf", default=f"{DEFAULT_UDP_SNDBUF // 2**20}Mi", metavar="BYTES",
+         help="Kernel send buffer of each listening UDP socket (unbound's so-sndbuf); capped at net.core.wmem_max "
+              "unless the agent has CAP_NET_ADMIN (logged). 0: the system default.")
 @_option("--loop", type=click.Choice(LOOPS), default="auto",
          help="Event loop: uvloop is several times faster on cache hits; auto falls back to asyncio.")
 @_option("--setup-interface/--no-setup-interface", default=True,

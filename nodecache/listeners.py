@@ -27,15 +27,15 @@ import struct
 import time
 from typing import Any
 
-from nodecache import wire
+from nodecache import mmsg, wire
 from nodecache.cache import VIA_TCP4, VIA_TCP6, VIA_UDP4, VIA_UDP6
 from nodecache.errors import ListenError
 from nodecache.framing import FramedConnection
 from nodecache.resolver import Resolver
+from nodecache.sockstats import buffer_size
 
 log = logging.getLogger(__name__)
 
-UDP_RCVBUF = 4 << 20  # absorbs bursts; the kernel caps it at net.core.rmem_max
 TCP_BACKLOG = 1024
 # Memory a client TCP connection may hold, however its client behaves (RFC 7766 section 10).
 # Reading pauses once the unsent replies pass TCP_WRITE_HIGH, but misses already in flight
@@ -58,6 +58,18 @@ LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger =
 REFUSAL_LOG_INTERVAL = 60.0  # seconds between log lines about refused TCP connections
 # Bind before the address exists: the agent serves first, then adds its
 # addresses to the interface, then steers traffic with iptables rules.
+# Batched UDP (UdpBatchTransport, mmsg.Batch): datagrams per recvmmsg/sendmmsg, and the buffer slots.
+# A query is small (a name of at most 255 bytes, an OPT with a cookie or padding), so a query larger
+# than UDP_BATCH_DATAGRAM (no real client sends one) is dropped and counted; 64 slots of 2 KiB are
+# 128 KiB per socket. A reply slot holds --max-udp-payload bytes up to UDP_BATCH_REPLY; a longer
+# reply (a larger --max-udp-payload) goes out alone with sendto.
+UDP_BATCH_DATAGRAM = 2048
+UDP_BATCH_REPLY = 4096
+# A batch of one means the socket is quiet (each wake-up finds one query): then the two ctypes calls
+# cost more than they save, so the next UDP_SINGLE_READS wake-ups read one datagram each with
+# recvfrom and reply with sendto, and the one after tries a batch again. Load is thus seen within
+# 16 queries, and a quiet socket pays the batch calls on one wake-up in 17.
+UDP_SINGLE_READS = 16
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 IPV6_FREEBIND = 78  # Linux 4.15+; not exported by the socket module
 
@@ -66,8 +78,14 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def make_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
-    """A bound, non-blocking socket with SO_REUSEPORT (and v6-only for IPv6)."""
+def make_socket(
+    host: str, port: int, kind: socket.SocketKind, rcvbuf: int = 0, sndbuf: int = 0
+) -> socket.socket:
+    """A bound, non-blocking socket with SO_REUSEPORT (and v6-only for IPv6).
+
+    A UDP socket gets `rcvbuf`/`sndbuf` bytes of kernel buffer (0: the
+    system's default), as unbound's so-rcvbuf/so-sndbuf.
+    """
     sock = socket.socket(_family(host), kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -76,7 +94,8 @@ def make_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         _set_freebind(sock)
         if kind == socket.SOCK_DGRAM:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+            set_buffer(sock, "receive", rcvbuf)
+            set_buffer(sock, "send", sndbuf)
         sock.bind((host, port))
         if kind == socket.SOCK_STREAM:
             sock.listen(TCP_BACKLOG)
@@ -91,6 +110,31 @@ def make_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
         )
         raise ListenError(f"cannot listen on {host} port {port}/{proto}: {exc.strerror}; {hint}") from None
     return sock
+
+
+_BUFFER_OPTIONS = {
+    "receive": (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF, "net.core.rmem_max"),
+    "send": (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF, "net.core.wmem_max"),
+}
+
+
+def set_buffer(sock: socket.socket, which: str, size: int) -> None:
+    """Ask for `size` bytes of kernel buffer (0: keep the default); log when the kernel gives less.
+
+    The *FORCE option (CAP_NET_ADMIN) may pass the sysctl cap; without the
+    capability the plain option is capped at it.
+    """
+    if not size:
+        return
+    force, plain, sysctl = _BUFFER_OPTIONS[which]
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, plain, size)
+    got = buffer_size(sock, plain)
+    if got < size:
+        log.warning("UDP %s buffer is %d bytes, not the %d asked for: the kernel caps it at %s "
+                    "(raise it, or give the agent CAP_NET_ADMIN)", which, got, size, sysctl)  # fmt: skip
 
 
 def _is_v6(transport: asyncio.BaseTransport) -> bool:
@@ -150,6 +194,35 @@ class UdpListener(asyncio.DatagramProtocol):
         elif r is not None:
             self.submit(data, r, self.via, self._deliver, addr)  # type: ignore[arg-type]
 
+    def datagrams_received(self, datagrams: list[bytes], batch: mmsg.Batch) -> None:
+        """A batch read with recvmmsg (UdpBatchTransport): hits answered in one sendmmsg.
+
+        The same logic as datagram_received, per datagram: the peer's address
+        is made into a tuple only for a miss or the observed branch.
+        """
+        replies = batch.replies
+        answer, via = self.answer, self.via
+        observe_all = self.query_log is not None
+        countdown = self.countdown
+        n = 0
+        try:
+            for data in datagrams:
+                countdown -= 1
+                if observe_all or not countdown:
+                    self.countdown = countdown
+                    self._observed(data, batch.peer(n))
+                    countdown = self.countdown
+                else:
+                    r = answer(data, via)
+                    if r.__class__ is bytes:
+                        replies[n] = r  # type: ignore[assignment]
+                    elif r is not None:
+                        self.submit(data, r, via, self._deliver, batch.peer(n))  # type: ignore[arg-type]
+                n += 1
+        finally:
+            self.countdown = countdown
+            batch.send(n)
+
     def _logged(self, data: bytes, addr: Any) -> None:
         """datagram_received with the query log on: every query takes the observed branch."""
         self.countdown -= 1
@@ -195,6 +268,70 @@ class UdpListener(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp socket error: %s", exc)  # e.g. ICMP unreachable from a client
+
+
+class UdpBatchTransport:
+    """A UDP socket read in batches: the event loop's reader callback drains it with recvmmsg.
+
+    It stands in for the loop's datagram transport (the listener set, the
+    health check and shutdown's divert/drain use the same few methods), and
+    hands each batch to UdpListener.datagrams_received, which answers the
+    hits with one sendmmsg. Replies to misses go out one by one (`sendto`).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: UdpListener, size: int,
+                 reply: int) -> None:  # fmt: skip
+        self.loop = loop
+        self.sock = sock
+        self.protocol = protocol
+        self.batch = mmsg.Batch(sock, size, UDP_BATCH_DATAGRAM, min(reply, UDP_BATCH_REPLY))
+        self.sendto = self.batch.sendto
+        self._closing = False
+        self._singles = 0  # wake-ups left reading one datagram each (see UDP_SINGLE_READS)
+        self._fd = sock.fileno()
+        protocol.connection_made(self)  # type: ignore[arg-type]
+        loop.add_reader(self._fd, self._readable)
+
+    def _readable(self) -> None:
+        if self._singles:  # a quiet socket: one datagram per wake-up, read as the loop's transport would
+            self._singles -= 1
+            return self._read_one()
+        datagrams = self.batch.receive()
+        if datagrams:
+            if len(datagrams) == 1:
+                self._singles = UDP_SINGLE_READS
+            self.protocol.datagrams_received(datagrams, self.batch)
+
+    def _read_one(self) -> None:
+        """One datagram with recvfrom, answered by the transport path's datagram_received."""
+        try:
+            data, addr = self.sock.recvfrom(UDP_BATCH_DATAGRAM + 1)
+        except OSError:  # nothing after all, or a queued ICMP error: ignored, as the loop's transport does
+            return
+        self.batch.received += 1
+        if len(data) > UDP_BATCH_DATAGRAM:  # dropped as a batch read drops it
+            self.batch.truncated += 1
+            data = b""
+        self.protocol.datagram_received(data, addr)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket":
+            return self.sock
+        if name == "sockname":
+            return self.sock.getsockname()
+        return default
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Stop reading and close the socket (what is still queued in it is lost, as with the loop's transport)."""
+        if self._closing:
+            return
+        self._closing = True
+        self.loop.remove_reader(self._fd)
+        self.sock.close()
+        self.protocol.connection_lost(None)
 
 
 class TcpClients:

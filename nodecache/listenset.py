@@ -20,10 +20,12 @@ import termios
 from collections.abc import Sequence
 from typing import Any
 
+from nodecache import mmsg
 from nodecache.config import Config
 from nodecache.errors import ListenError, NodecacheError
-from nodecache.listeners import TcpClients, TcpConnection, UdpListener, make_socket
+from nodecache.listeners import TcpClients, TcpConnection, UdpBatchTransport, UdpListener, make_socket
 from nodecache.resolver import Resolver
+from nodecache.sockstats import UdpSocketStats, udp_socket_stats
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class ListenerSet:
         self.by_host: dict[str, tuple[Any, Any]] = {}  # host -> (UDP transport, TCP server)
         self.closers: list[Any] = []  # every transport and server still open, in opening order
         self.bound: list[tuple[str, int]] = []
+        self._fallback_logged = False
 
     async def open_all(self) -> None:
         """Bind UDP and TCP on every listen address (same port for both)."""
@@ -52,13 +55,26 @@ class ListenerSet:
         so a reload can keep or close it."""
         loop = asyncio.get_running_loop()
         udp, tcp, port = self._bind_pair(host, self.config.port if port is None else port)
-        transport, _ = await loop.create_datagram_endpoint(lambda: UdpListener(self.resolver), sock=udp)
+        transport = await self._serve_udp(loop, udp)
         server = await loop.create_server(
             lambda: TcpConnection(self.resolver, self.config.tcp_idle_timeout, self.tcp), sock=tcp
         )
         self.closers += [transport, server]
         self.by_host[host] = (transport, server)
         self.bound.append((host, port))
+
+    async def _serve_udp(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> Any:
+        """Answer on a UDP socket in batches (recvmmsg/sendmmsg), or through the loop's datagram transport
+        with --udp-batch 0 or 1, or where the batch calls are missing (logged once)."""
+        size = self.config.udp_batch
+        why = mmsg.available() if size > 1 else None
+        if size > 1 and why is None:
+            return UdpBatchTransport(loop, sock, UdpListener(self.resolver), size, self.config.max_udp_payload)
+        if why is not None and not self._fallback_logged:
+            self._fallback_logged = True
+            log.warning("UDP queries are read one at a time (--udp-batch %d is not possible: %s)", size, why)
+        transport, _ = await loop.create_datagram_endpoint(lambda: UdpListener(self.resolver), sock=sock)
+        return transport
 
     def close(self, host: str) -> None:
         """Stop listening on one address; its connections' in-flight answers still go out."""
@@ -71,7 +87,7 @@ class ListenerSet:
         """UDP and TCP sockets on one port. With port 0 the kernel picks the UDP
         port, and another program may hold that port for TCP: then pick again."""
         for attempt in range(PORT_ZERO_ATTEMPTS):
-            udp = make_socket(host, wanted, socket.SOCK_DGRAM)
+            udp = make_socket(host, wanted, socket.SOCK_DGRAM, self.config.udp_rcvbuf, self.config.udp_sndbuf)
             port = udp.getsockname()[1]  # the real port when 0 was asked for
             try:
                 return udp, make_socket(host, port, socket.SOCK_STREAM), port
@@ -146,6 +162,15 @@ class ListenerSet:
         if late:
             log.info("closed the UDP sockets at the %gs drain deadline with misses in flight; those get no answer",
                      drain_timeout)  # fmt: skip
+
+    def udp_stats(self) -> list[UdpSocketStats]:
+        """Each listening UDP socket's buffers, kernel drops and batch counters (stats, metrics)."""
+        pairs = []
+        for transport, _ in self.by_host.values():
+            sock = transport.get_extra_info("socket")
+            if sock is not None and not transport.is_closing():
+                pairs.append((sock, transport.batch if isinstance(transport, UdpBatchTransport) else None))
+        return udp_socket_stats(pairs)
 
     def describe(self) -> Sequence[str]:
         """'HOST port PORT' for each address served, for log lines."""

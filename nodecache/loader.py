@@ -82,11 +82,12 @@ def http_address(flag: str, value: str) -> str | None:
     return str(address)
 
 
-def _cache_memory(value: Any) -> int:
+def _size(flag: str, value: Any) -> int:
+    """Bytes from a size flag's value (24Mi, 4MiB, 4194304), or the error naming the flag."""
     try:
         return parse_size(str(value))
     except ConfigError as exc:
-        raise ConfigError(f"--cache-memory: {exc}") from None
+        raise ConfigError(f"{flag}: {exc}") from None
 
 
 def _given(value: Any) -> Any:
@@ -121,7 +122,10 @@ SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "query_log": ("query_log", _given),
     "query_log_sample": ("query_log_sample", _given),
     "query_log_errors_only": ("query_log_errors_only", _given),
-    "cache_memory": ("cache_memory", _cache_memory),
+    "cache_memory": ("cache_memory", lambda v: _size("--cache-memory", v)),
+    "udp_batch": ("udp_batch", _given),
+    "udp_rcvbuf": ("udp_rcvbuf", lambda v: _size("--udp-rcvbuf", v)),
+    "udp_sndbuf": ("udp_sndbuf", lambda v: _size("--udp-sndbuf", v)),
 }
 
 

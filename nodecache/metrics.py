@@ -43,6 +43,7 @@ from nodecache.dnstext import rcode_name, type_name
 if TYPE_CHECKING:
     from nodecache.listeners import TcpClients
     from nodecache.resolver import Resolver
+    from nodecache.sockstats import UdpSocketStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # The error types node-local-dns counts; each is exported (as 0) from the start.
@@ -85,6 +86,7 @@ class AgentCollector(Collector):
         reload_failed: Callable[[], int] = int,
         tcp: TcpClients | None = None,
         handover: Callable[[], Mapping[str, int]] = dict,
+        udp: Callable[[], list[UdpSocketStats]] = list,
     ) -> None:
         self.resolver = resolver
         self.handover = handover  # cache dumps and loads (handover.Counts as a dict), operator_endpoints.py
@@ -92,6 +94,7 @@ class AgentCollector(Collector):
         self.setup_errors = setup_errors
         self.reload_failed = reload_failed  # failed config reloads (server.py), as CoreDNS's reload plugin counts
         self.tcp = tcp  # client TCP connections and their limits (listeners.TcpClients)
+        self.udp = udp  # the listening UDP sockets (sockstats.py), read at scrape time
 
     def collect(self) -> Iterator[Metric]:
         yield from self._dns()
@@ -100,6 +103,7 @@ class AgentCollector(Collector):
         yield from self._agent()
         yield from self._tcp()
         yield from self._handover()
+        yield from self._udp()
 
     def _handover(self) -> Iterator[Metric]:
         counts = self.handover()
@@ -392,6 +396,35 @@ class AgentCollector(Collector):
         paused.add_metric(["unread"], t.paused_unread)
         paused.add_metric(["pipelined"], t.paused_pipelined)
         yield from (refused, aborted, paused)
+
+
+    def _udp(self) -> Iterator[Metric]:
+        """The listening UDP sockets: kernel buffers, the kernel's receive drops, what the batch reader dropped."""
+        drops = CounterMetricFamily(
+            "nodecache_udp_receive_drops_total",
+            "Queries the kernel dropped because the listening UDP socket's receive buffer was full (/proc/net/udp).",
+            labels=["listener"],
+        )
+        buffers = GaugeMetricFamily(
+            "nodecache_udp_buffer_bytes",
+            "Kernel buffer of the listening UDP socket, as set (--udp-rcvbuf, --udp-sndbuf, capped by the kernel).",
+            labels=["listener", "direction"],
+        )
+        lost = CounterMetricFamily(
+            "nodecache_udp_dropped_total",
+            "UDP queries or replies the agent dropped: a query larger than a batch slot (truncated_query), a reply "
+            "the full send buffer would not take (send_buffer_full), a reply the kernel refused (send_error).",
+            labels=["listener", "reason"],
+        )
+        for u in self.udp():
+            if u.drops is not None:
+                drops.add_metric([u.listener], u.drops)
+            buffers.add_metric([u.listener, "receive"], u.rcvbuf)
+            buffers.add_metric([u.listener, "send"], u.sndbuf)
+            lost.add_metric([u.listener, "truncated_query"], u.truncated)
+            lost.add_metric([u.listener, "send_buffer_full"], u.send_dropped)
+            lost.add_metric([u.listener, "send_error"], u.send_failed)
+        yield from (drops, buffers, lost)
 
 
 def registry(collector: AgentCollector) -> CollectorRegistry:

@@ -24,6 +24,7 @@ from nodecache.health import Readiness
 from nodecache.listeners import TcpClients
 from nodecache.names import canonical_name
 from nodecache.resolver import Resolver
+from nodecache.sockstats import UdpSocketStats
 from nodecache.stats import DEFAULT_TOP, report
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class OperatorEndpoints:
         setup_errors: Callable[[], Mapping[str, int]],
         reload_failed: Callable[[], int],
         started: float,
+        udp: Callable[[], list[UdpSocketStats]] = list,
     ) -> None:
         self.config = config  # the one at startup: these addresses change only with a restart
         self.resolver = resolver
@@ -57,6 +59,7 @@ class OperatorEndpoints:
         self.reload_failed = reload_failed
         self.started = started
         self.handover = handover.Counts()  # cache dumps and loads, this agent's life (`nodecache stats`)
+        self.udp = udp  # the listening UDP sockets' buffers and drops, read when asked
         self.control: ControlServer | None = None
         self.http: list[HttpEndpoint] = []
         self._registry: CollectorRegistry | None = None  # made on the first scrape (see `_metrics`)
@@ -109,7 +112,7 @@ class OperatorEndpoints:
         if self._registry is None:
             collector = AgentCollector(
                 self.resolver, self.server_label, self.setup_errors, self.reload_failed, tcp=self.tcp,
-                handover=lambda: vars(self.handover),
+                handover=lambda: vars(self.handover), udp=self.udp,
             )
             self._registry = registry(collector)
         return 200, CONTENT_TYPE, exposition(self._registry)
@@ -131,7 +134,7 @@ class OperatorEndpoints:
         ready, why = self.readiness.state()
         return report(
             self.resolver, started=self.started, listen=list(self.bound()), ready=ready, not_ready=why, top=top,
-            tcp=self.tcp, handover=vars(self.handover),
+            tcp=self.tcp, handover=vars(self.handover), udp=self.udp(),
         )  # fmt: skip
 
     def flush(self, args: dict[str, Any]) -> dict[str, Any]:

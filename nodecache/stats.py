@@ -22,6 +22,7 @@ from nodecache.names import name_text
 if TYPE_CHECKING:
     from nodecache.listeners import TcpClients
     from nodecache.resolver import Resolver, ZoneRuntime
+    from nodecache.sockstats import UdpSocketStats
 
 SCHEMA = 1  # bump when a field changes meaning or goes away; new fields may be added
 DEFAULT_TOP = 10
@@ -74,6 +75,7 @@ def report(
     top: int = DEFAULT_TOP,
     tcp: TcpClients | None = None,
     handover: dict[str, int] | None = None,
+    udp: list[UdpSocketStats] | None = None,
 ) -> dict[str, Any]:
     """Everything `nodecache stats` shows, as JSON-ready data. `started` is a time.monotonic() value."""
     zones = [_zone(z) for z in resolver.zones]
@@ -147,6 +149,21 @@ def report(
         "top_clients": [{"client": str(k), "queries": n} for k, n in a.clients.top(top)],
         "sampling": {"method": "sampled counters", "one_in": a.interval, "sampled": a.sampled},
         **({"tcp": _tcp(tcp)} if tcp is not None else {}),
+        **({"udp": [_udp(u) for u in udp]} if udp is not None else {}),
+    }
+
+
+def _udp(u: UdpSocketStats) -> dict[str, Any]:
+    """One listening UDP socket: how it is read, its kernel buffers, and what was dropped where."""
+    return {
+        "listener": u.listener,
+        "batched": u.batched,
+        "receive_buffer": u.rcvbuf,
+        "send_buffer": u.sndbuf,
+        "receive_drops": u.drops,  # the kernel's: the receive buffer was full (None: unknown)
+        "truncated_queries": u.truncated,
+        "send_drops": u.send_dropped,
+        "send_failures": u.send_failed,
     }
 
 
@@ -215,6 +232,17 @@ def _handover_line(h: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _udp_lines(sockets: list[dict[str, Any]] | None) -> list[str]:
+    return [
+        f"udp         {u['listener']} {'batched' if u['batched'] else 'one at a time'}, buffers "
+        f"{_size(u['receive_buffer'])} in / {_size(u['send_buffer'])} out; dropped: "
+        f"{'-' if u['receive_drops'] is None else u['receive_drops']} by the kernel (receive buffer full), "
+        f"{u['truncated_queries']} too large, {u['send_drops']} replies (send buffer full), "
+        f"{u['send_failures']} replies refused"
+        for u in sockets or ()
+    ]
+
+
 def _memory(c: dict[str, Any]) -> str:
     """The bytes the caches hold, and of what budget (an older agent's report has no budget)."""
     budget = c.get("memory", {}).get("budget")
@@ -247,6 +275,7 @@ def render(r: dict[str, Any]) -> str:
         f"{early['waiting_cap']} over the waiting caps",
         *_tcp_line(r.get("tcp")),
         *_handover_line(r.get("handover")),
+        *_udp_lines(r.get("udp")),
         "",
         f"{'zone':<22} {'queries':>9} {'hits':>9} {'misses':>8} {'ratio':>7} {'success':>8} {'denial':>7} "
         f"{'bytes':>10} {'evict':>6} {'stale':>6} {'coal':>6}",

@@ -34,6 +34,7 @@ RUN_FLAGS = [
     "--config", "--corefile", "--upstream-svc", "--kube-dns-config-dir",
     "--max-tcp-connections", "--max-tcp-per-client",
     "--cache-memory",
+    "--udp-batch", "--udp-rcvbuf", "--udp-sndbuf",
 ]  # fmt: skip
 
 

@@ -3,7 +3,8 @@
 The listeners answer in more than one copy, written for speed (listeners.py):
 UDP's datagram_received and its observed branch (_observed, taken when the
 sampling countdown fires and, through _logged, for every query with the
-query log on), TCP's plain branch and _one_observed. The same queries (hits, misses, errors, truncation) go through
+query log on), the batched UDP path's datagrams_received (recvmmsg and
+sendmmsg, UdpBatchTransport), TCP's plain branch and _one_observed. The same queries (hits, misses, errors, truncation) go through
 each of them, with sampling forced on or off and the query log on or off,
 and the replies must be the same bytes, TTLs aside (they count down with
 the clock), within each transport.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,7 +24,7 @@ from typing import Any
 import pytest
 
 from nodecache import wire
-from nodecache.listeners import TcpConnection, UdpListener
+from nodecache.listeners import TcpConnection, UdpBatchTransport, UdpListener, make_socket
 from nodecache.logs import QUERY_LOGGER, QueryLog
 from nodecache.server import Server
 from tests.conftest import ask_udp, make_config, running
@@ -55,7 +57,7 @@ QUERIES: list[tuple[str, bytes]] = [
 
 @dataclass(frozen=True)
 class Variant:
-    proto: str  # "udp" or "tcp"
+    proto: str  # "udp", "udpbatch" (UdpBatchTransport) or "tcp"
     sampled: bool  # the sampling countdown fires on every query
     logged: bool  # the query log is on (every answer offered to it)
 
@@ -63,7 +65,9 @@ class Variant:
         return f"{self.proto}{'-sampled' if self.sampled else ''}{'-logged' if self.logged else ''}"
 
 
-VARIANTS = [Variant(p, s, g) for p in ("udp", "tcp") for s in (False, True) for g in (False, True)]
+VARIANTS = [Variant(p, s, g) for p in ("udp", "udpbatch", "tcp") for s in (False, True) for g in (False, True)]
+BATCH = 64
+batched: list[UdpBatchTransport] = []  # the batched listeners made, to check they read every query
 
 
 def zero_ttls(msg: bytes) -> bytes:
@@ -98,6 +102,11 @@ async def listener(srv: Server, variant: Variant) -> AsyncIterator[int]:
     if variant.proto == "udp":
         closer, _ = await loop.create_datagram_endpoint(lambda: UdpListener(srv.resolver), local_addr=("127.0.0.1", 0))
         port = closer.get_extra_info("sockname")[1]
+    elif variant.proto == "udpbatch":
+        sock = make_socket("127.0.0.1", 0, socket.SOCK_DGRAM)
+        closer = UdpBatchTransport(loop, sock, UdpListener(srv.resolver), BATCH, srv.config.max_udp_payload)
+        batched.append(closer)
+        port = sock.getsockname()[1]
     else:
         closer = await loop.create_server(
             lambda: TcpConnection(srv.resolver, srv.config.tcp_idle_timeout, srv.tcp), "127.0.0.1", 0
@@ -145,10 +154,13 @@ async def one_round(
     caplog.clear()
     queries = [q for _, q in QUERIES for _ in range(2)]
     async with listener(srv, variant) as port:
-        if variant.proto == "udp":
+        if variant.proto != "tcp":
             replies = await exchange_udp(port, queries)
         else:
             replies = await exchange_tcp(port, queries)
+    if variant.proto == "udpbatch":  # every query came through the batch reader: recvmmsg, then recvfrom while quiet
+        batch = batched[-1].batch
+        assert batch.received == len(queries) and 1 < batch.batches < len(queries)
     logged = sum(1 for r in caplog.records if r.name == QUERY_LOGGER)
     return replies, resolver.activity.sampled - sampled_before, logged
 
@@ -172,7 +184,7 @@ async def test_every_hit_path_variant_answers_with_the_same_bytes(
     for proto in ("udp", "tcp"):
         plain = replies[Variant(proto, False, False)]
         for variant in VARIANTS:
-            if variant.proto != proto:
+            if variant.proto.removesuffix("batch") != proto:  # batched UDP answers as the datagram transport does
                 continue
             for i, (label, q) in enumerate(q for q in QUERIES for _ in range(2)):
                 assert wire.reply_id(replies[variant][i]) == wire.reply_id(q), (variant, label)

@@ -1,0 +1,136 @@
+"""The listening UDP sockets: batched reads (recvmmsg/sendmmsg), the transport fallback, kernel buffers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import replace
+
+import pytest
+
+from nodecache import mmsg, wire
+from nodecache.listeners import UDP_BATCH_DATAGRAM, UdpBatchTransport, make_socket
+from tests.conftest import ask_udp, make_config, running
+from tests.dnsmsg import query
+from tests.support.fakeupstream import FakeUpstream
+
+D = "default.svc.cluster.local."
+NAMES = [f"kubernetes.{D}", f"web.{D}", f"nothere.{D}", "kube-dns.kube-system.svc.cluster.local."]
+PEERS = 40  # client sockets, each its own peer
+ROUNDS = 5  # queries each peer sends at once, before reading any reply
+
+needs_mmsg = pytest.mark.skipif(mmsg.available() is not None, reason=f"no batch calls here: {mmsg.available()}")
+
+
+async def burst(port: int, host: str = "127.0.0.1") -> dict[tuple[int, int], bytes]:
+    """Every peer sends ROUNDS queries without waiting, then reads its replies; {(peer, ID): reply}."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks = []
+    try:
+        for p in range(PEERS):
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            s.setblocking(False)
+            s.bind((host, 0))
+            socks.append(s)
+            for r in range(ROUNDS):
+                s.sendto(query(NAMES[(p + r) % len(NAMES)], "A", qid=p * ROUNDS + r), (host, port))
+        loop = asyncio.get_running_loop()
+        got: dict[tuple[int, int], bytes] = {}
+        for p, s in enumerate(socks):
+            for _ in range(ROUNDS):
+                reply = await asyncio.wait_for(loop.sock_recv(s, 2048), 5)
+                got[(p, wire.reply_id(reply))] = reply
+        return got
+    finally:
+        for s in socks:
+            s.close()
+
+
+@needs_mmsg
+async def test_a_burst_from_many_peers_is_answered_in_batches_each_reply_to_its_asker(upstream: FakeUpstream) -> None:
+    async with running(make_config([f"127.0.0.1:{upstream.port}"])) as srv:
+        transport = srv._listeners["127.0.0.1"][0]
+        assert isinstance(transport, UdpBatchTransport)  # batching is the default
+        port = srv.bound[0][1]
+        await burst(port)  # the first: misses, coalesced; the second: hits
+        got = await burst(port)
+        assert sorted(got) == sorted((p, p * ROUNDS + r) for p in range(PEERS) for r in range(ROUNDS))
+        for (p, qid), reply in got.items():
+            asked = NAMES[(p + qid - p * ROUNDS) % len(NAMES)]  # qid is p * ROUNDS + r
+            question = query(asked, "A", qid=qid)[12 : wire.scan_query(query(asked)).qend]
+            assert reply[12 : 12 + len(question)] == question  # its own question
+        batch = transport.batch
+        assert batch.received == 2 * PEERS * ROUNDS and batch.batches < batch.received  # several per read
+        assert (batch.truncated, batch.send_dropped, batch.send_failed) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("size", [0, 1])
+async def test_udp_batch_0_or_1_serves_through_the_loops_datagram_transport(upstream: FakeUpstream, size: int) -> None:
+    async with running(replace(make_config([f"127.0.0.1:{upstream.port}"]), udp_batch=size)) as srv:
+        transport = srv._listeners["127.0.0.1"][0]
+        assert not isinstance(transport, UdpBatchTransport)
+        got = await burst(srv.bound[0][1])
+        assert len(got) == PEERS * ROUNDS
+
+
+async def test_without_recvmmsg_the_agent_logs_and_falls_back(
+    upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(mmsg, "available", lambda: "this C library has no recvmmsg/sendmmsg")
+    caplog.set_level(logging.WARNING)
+    async with running(make_config([f"127.0.0.1:{upstream.port}"])) as srv:
+        assert not isinstance(srv._listeners["127.0.0.1"][0], UdpBatchTransport)
+        assert len(await burst(srv.bound[0][1])) == PEERS * ROUNDS
+    warned = [r.getMessage() for r in caplog.records if "one at a time" in r.getMessage()]
+    assert warned == ["UDP queries are read one at a time (--udp-batch 64 is not possible: "
+                      "this C library has no recvmmsg/sendmmsg)"]  # fmt: skip
+
+
+@needs_mmsg
+async def test_ipv6_listener_is_batched_too(upstream: FakeUpstream) -> None:
+    try:
+        make_socket("::1", 0, socket.SOCK_DGRAM).close()
+    except Exception:
+        pytest.skip("no IPv6 loopback (::1) here")
+    async with running(replace(make_config([f"127.0.0.1:{upstream.port}"]), listen=("::1",))) as srv:
+        assert isinstance(srv._listeners["::1"][0], UdpBatchTransport)
+        assert len(await burst(srv.bound[0][1], "::1")) == PEERS * ROUNDS
+
+
+def test_socket_buffers_are_set_as_asked() -> None:
+    with make_socket("127.0.0.1", 0, socket.SOCK_DGRAM, rcvbuf=256 << 10, sndbuf=128 << 10) as s:
+        # Below any kernel's cap: exactly as asked (the kernel reports twice it).
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * (256 << 10)
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * (128 << 10)
+
+
+def test_a_buffer_above_the_cap_without_cap_net_admin_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    rmem_max = int(open("/proc/sys/net/core/rmem_max").read())
+    real = socket.socket.setsockopt
+
+    def no_force(self: socket.socket, level: int, option: int, value: int) -> None:
+        if option in (getattr(socket, "SO_RCVBUFFORCE", 33), getattr(socket, "SO_SNDBUFFORCE", 32)):
+            raise PermissionError(1, "Operation not permitted")  # as without CAP_NET_ADMIN
+        real(self, level, option, value)
+
+    monkeypatch.setattr(socket.socket, "setsockopt", no_force)
+    caplog.set_level(logging.WARNING)
+    with make_socket("127.0.0.1", 0, socket.SOCK_DGRAM, rcvbuf=rmem_max + (1 << 20)) as s:
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * rmem_max
+    assert any("net.core.rmem_max" in r.getMessage() for r in caplog.records)
+
+
+@needs_mmsg
+async def test_a_query_too_large_for_a_batch_slot_is_dropped_and_counted(upstream: FakeUpstream) -> None:
+    async with running(make_config([f"127.0.0.1:{upstream.port}"])) as srv:
+        port = srv.bound[0][1]
+        padded = query(NAMES[0], "A", qid=7) + bytes(UDP_BATCH_DATAGRAM)  # trailing bytes past the slot
+        assert await ask_udp(port, padded, timeout=0.5) is None  # read by recvmmsg, a batch of one ...
+        assert await ask_udp(port, query(NAMES[0], "A", qid=8)) is not None  # ... so quiet: recvfrom next
+        assert await ask_udp(port, padded, timeout=0.5) is None  # dropped by recvfrom's reading too
+        assert await ask_udp(port, query(NAMES[0], "A", qid=9)) is not None
+        (udp,) = srv.listeners.udp_stats()
+        assert (udp.truncated, udp.batched, srv.resolver.dropped) == (2, True, 2)
