@@ -1,7 +1,7 @@
 """Issue 10's table from a results JSON: figures, ratios and PASS/FAIL against the targets.
 
 run.py prints it after a run; `run.py --render FILE` writes it into
-docs/performance.md and the README between marker comments, so the published
+docs/performance.md and README.md between marker comments, so the published
 numbers always come from one real run's JSON. Nothing here runs a server: it
 reads plain data, which is what the tests feed it.
 """

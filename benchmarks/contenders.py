@@ -21,7 +21,7 @@ from fillzones import FILL_PER_KIND
 
 NODECACHE = "nodecache"
 #: The workloads every contender runs; "miss-udp" is nodecache's alone (see NodecacheUdp).
-COMMON_WORKLOADS = ("fill", "hit", "hit-rate", "miss", "miss-rate")
+COMMON_WORKLOADS = ("fill", "hit", "hit-rate", "miss-rate", "miss")
 MISS_UDP = "miss-udp"
 
 #: The agent's four default zones, a success and a denial cache each, full.
