@@ -180,6 +180,52 @@ def memory_kib(pid: int) -> dict[str, int]:
     return total
 
 
+#: How often, and how long unchanged, RSS is sampled before it counts as settled.
+RSS_SAMPLE_S = 0.25
+RSS_STABLE_S = 1.0
+RSS_SETTLE_MAX_S = 5.0
+
+
+def udp_port_bound(port: int) -> bool:
+    """Whether some IPv4 UDP socket on this machine is bound to port (/proc/net/udp)."""
+    suffix = f":{port:04X}"
+    try:
+        lines = Path("/proc/net/udp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    return any(line.split()[1].endswith(suffix) for line in lines if len(line.split()) > 1)
+
+
+def wait_bound(port: int, proc: ManagedProcess, timeout: float = 20.0) -> None:
+    """Block until proc's DNS port is bound, without sending it a query.
+
+    Idle memory is read before the first query, so readiness cannot be
+    checked with a probe here.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited with {proc.proc.returncode} before binding:\n{proc.log_tail()}")
+        if udp_port_bound(port):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{proc.name} did not bind UDP port {port} within {timeout:.0f}s\n{proc.log_tail()}")
+
+
+def settled_rss_kib(pid: int) -> int:
+    """RSS (KiB, process tree) once it has stopped changing: a started server finishing its setup."""
+    last, stable_since = -1, time.monotonic()
+    deadline = stable_since + RSS_SETTLE_MAX_S
+    while True:
+        now_rss = memory_kib(pid)["VmRSS"]
+        now = time.monotonic()
+        if now_rss != last:
+            last, stable_since = now_rss, now
+        elif now - stable_since >= RSS_STABLE_S or now >= deadline:
+            return now_rss
+        time.sleep(RSS_SAMPLE_S)
+
+
 def cpu_seconds(pid: int) -> float:
     """User+system CPU time of the process tree so far."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -273,9 +319,39 @@ def sample_zones() -> dict[str, str]:
 NSD_SERVER_EXTRA = ("rrl-ratelimit: 0", "rrl-whitelist-ratelimit: 0")
 
 
-def start_upstream(workdir: Path):
-    """Start NSD (RRL off) with the sample zone on a free 127.0.0.1 port; return it."""
-    nsd = bench_nsd(sample_zones(), workdir, address=LOCALHOST)
+#: Where the node's resolver (the agent's --node-resolv-conf) listens: an
+#: address in 127.53.0.0/16 on port 53, since a resolv.conf names no port.
+NODE_RESOLVER_NET = "127.53"
+DNS_PORT = 53
+
+
+def pick_node_resolver() -> str | None:
+    """A loopback address whose port 53 is free for UDP and TCP, or None (not root, or taken).
+
+    NSD listens there too, so the agent's "." zone reaches the benchmark's
+    upstream through an ordinary resolv.conf, as on a node.
+    """
+    for _ in range(8):
+        address = f"{NODE_RESOLVER_NET}.{secrets.randbelow(254) + 1}.{secrets.randbelow(254) + 1}"
+        try:
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                with socket.socket(socket.AF_INET, kind) as s:
+                    s.bind((address, DNS_PORT))
+        except OSError:
+            continue
+        return address
+    return None
+
+
+def start_upstream(workdir: Path, node_resolver: str | None = None):
+    """Start NSD (RRL off) with the sample and fill zones on a free 127.0.0.1 port; return it.
+
+    With node_resolver, NSD also answers on node_resolver:53, where the
+    agent's node resolv.conf points.
+    """
+    from fillzones import upstream_zones
+
+    nsd = bench_nsd(upstream_zones(sample_zones()), workdir, node_resolver, address=LOCALHOST)
     nsd.start()
     conf = Path(getattr(nsd, "conf", workdir / "nsd.conf"))
     if not conf.is_file() or "rrl-ratelimit: 0" not in conf.read_text():
@@ -283,20 +359,24 @@ def start_upstream(workdir: Path):
     return nsd
 
 
-def bench_nsd(zones: dict[str, str], workdir: Path, **where):
+def bench_nsd(zones: dict[str, str], workdir: Path, node_resolver: str | None = None, **where):
     """The test suite's NSD (not started) with RRL turned off in its generated config.
 
-    `where`: NSD's address, port and netns keywords (tests.support.nsd.NSD).
+    `node_resolver`: a second address NSD answers on, port 53. `where`: NSD's
+    address, port and netns keywords (tests.support.nsd.NSD).
     """
     from tests.support.nsd import NSD
 
     class BenchNSD(NSD):
-        """The test suite's NSD with RRL turned off in its generated config."""
+        """The test suite's NSD with RRL turned off, and a second address, in its generated config."""
 
         def _write_files(self) -> None:
             super()._write_files()
             text = self.conf.read_text()
-            extra = "".join(f"    {line}\n" for line in NSD_SERVER_EXTRA)
+            lines = list(NSD_SERVER_EXTRA)
+            if node_resolver is not None:
+                lines.append(f"ip-address: {node_resolver}@{DNS_PORT}")
+            extra = "".join(f"    {line}\n" for line in lines)
             if "\nserver:\n" in "\n" + text:
                 head, sep, tail = text.partition("server:\n")
                 self.conf.write_text(head + sep + extra + tail)
@@ -333,6 +413,16 @@ def write_hit_file(path: Path) -> Path:
     """The hit workload's dnsperf datafile; dnsperf loops over it until -l."""
     path.write_text("".join(f"{n} {t}\n" for n, t in HIT_QUERIES))
     return path
+
+
+def write_questions(path: Path, questions: Iterable[tuple[str, str]]) -> int:
+    """A dnsperf datafile with these (name, type) questions in order; returns how many."""
+    n = 0
+    with open(path, "w") as f:
+        for name, qtype in questions:
+            f.write(f"{name} {qtype}\n")
+            n += 1
+    return n
 
 
 def write_miss_file(path: Path, count: int) -> str:
@@ -384,6 +474,8 @@ class DnsperfResult:
     p99_latency_ms: float | None = None
     p999_latency_ms: float | None = None
     rcodes: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: Questions dnsperf gave up on ("name type"), at most MAX_LOST_KEPT of them.
+    lost_questions: list[str] = dataclasses.field(default_factory=list)
     dnsperf_cpu_pct: float | None = None  # of one CPU, over the run time
     server_cpu_pct: float | None = None  # filled in by the caller, which knows the server
     stopped_by: str = ""  # "time limit" or "end of file" (dnsperf's own words)
@@ -395,6 +487,8 @@ class DnsperfResult:
         """Answers that are neither data nor a proper negative answer."""
         return sum(v for k, v in self.rcodes.items() if k not in ("NOERROR", "NXDOMAIN"))
 
+
+MAX_LOST_KEPT = 10_000
 
 _SUMMARY = {
     "sent": re.compile(r"Queries sent:\s+(\d+)"),
@@ -411,18 +505,21 @@ _STOPPED = re.compile(r"\[Status\] Testing complete \((.*)\)")
 
 def run_dnsperf(datafile: Path, port: int, out_dir: Path, label: str, opts: DnsperfOptions,
                 duration: float | None = None, max_runs: int | None = None,
-                cpu: int | None = None) -> DnsperfResult:
+                cpu: int | None = None, rate: int | None = None) -> DnsperfResult:
     """Run dnsperf against 127.0.0.1:port and parse its report.
 
     dnsperf 2.10 has no latency histogram option, so it runs with -v (one line
     per answer with its latency) into a file on disk; the quantiles are
     computed from those lines and the file is deleted, keeping only the summary.
+    rate (dnsperf -Q) caps the queries sent per second: a fixed offered load.
     """
     argv = ["dnsperf", "-s", LOCALHOST, "-p", str(port), "-d", str(datafile), *opts.argv(), "-v"]
     if duration is not None:
         argv += ["-l", f"{duration:g}"]
     if max_runs is not None:
         argv += ["-n", str(max_runs)]
+    if rate is not None:
+        argv += ["-Q", str(rate)]
     verbose = out_dir / f"{label}.dnsperf.out"
     bound = (duration or 0) + 10 * opts.timeout + 60  # generous, but bounded
     with open(verbose, "wb") as out, open(out_dir / f"{label}.dnsperf.err", "wb") as err:
@@ -464,6 +561,7 @@ def _wait_with_rusage(p: subprocess.Popen, bound: float) -> tuple[int, float]:
 def parse_dnsperf(path: Path, argv: list[str]) -> DnsperfResult:
     """Parse dnsperf -v output: per-answer latency lines, then the statistics block."""
     latencies: dict[bytes, int] = {}  # the printed latency string -> how many
+    lost: list[str] = []
     summary: list[str] = []
     with open(path, "rb") as f:
         for line in f:
@@ -472,10 +570,12 @@ def parse_dnsperf(path: Path, argv: list[str]) -> DnsperfResult:
                 # "> RCODE name type latency"; timeouts ("> T name type") have no latency
                 if len(parts) == 5 and parts[1] not in (b"T", b"I"):
                     latencies[parts[4]] = latencies.get(parts[4], 0) + 1
+                elif parts[1:2] == [b"T"] and len(lost) < MAX_LOST_KEPT:
+                    lost.append(b" ".join(parts[2:4]).decode(errors="replace"))
             elif len(summary) < 200:
                 summary.append(line.decode(errors="replace").rstrip())
     text = "\n".join(summary)
-    r = DnsperfResult(argv=argv, summary_text=text)
+    r = DnsperfResult(argv=argv, summary_text=text, lost_questions=lost)
     for field, rx in _SUMMARY.items():
         if m := rx.search(text):
             value = m.group(1)

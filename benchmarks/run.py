@@ -1,206 +1,65 @@
 """Side-by-side dnsperf benchmark: nodecache vs dnsmasq vs unbound.
 
 Every contender is a caching forwarder in front of the same NSD serving the
-sample cluster zone, gets the same dnsperf workloads in the same run, and is
-measured in interleaved repetitions (A B C A B C ...) so that the noise of a
-shared machine spreads over all of them. See benchmarks/README.md.
+sample cluster zone (and the zones the fill needs), gets the same dnsperf
+workloads in the same run, and is measured in interleaved repetitions
+(A B C A B C ...) so that the noise of a shared machine spreads over all of
+them. The closing table (benchreport.py) holds issue 10's figures, ratios and
+targets; `--render FILE` writes it into the docs. See benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import grp
 import json
+import math
 import os
 import platform
-import pwd
 import shlex
 import shutil
 import statistics
 import sys
 import tempfile
-from abc import ABC, abstractmethod
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib as bl  # noqa: E402  (needs the path above)
+import benchreport  # noqa: E402
+import fillzones  # noqa: E402
+from contenders import (  # noqa: E402
+    CONTENDERS,
+    DNSMASQ_CACHE_SIZE,
+    MISS_UDP,
+    NODECACHE,
+    UNBOUND_MSG_CACHE,
+    UNBOUND_RRSET_CACHE,
+    Contender,
+    NodecacheUdp,
+    Slot,
+)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-WORKLOADS = ("hit", "miss")
-NODECACHE = "nodecache"
+#: In the order each repetition runs them; "fill" runs once, before the repetitions.
+#: miss-rate comes before miss: a saturated run leaves dnsmasq's cache full of
+#: live entries, and then every insert scans its whole cache (benchmarks/README.md).
+WORKLOADS = ("fill", "hit", "hit-rate", "miss-rate", "miss", MISS_UDP)
+HIT_WORKLOADS = ("hit", "hit-rate")
+RATE_WORKLOADS = ("hit-rate", "miss-rate")
 NOISY_SPREAD = 0.15  # reps further apart than this: someone else was using the CPUs
-
-
-# --------------------------------------------------------------------------
-# Contenders: one class per server, each knows only how to start itself.
-
-
-@dataclass
-class Slot:
-    """Where a contender runs: its own directory and port, the shared upstream."""
-
-    workdir: Path
-    port: int
-    upstream_port: int
-    cpu: int | None
-    extra_args: list[str] = field(default_factory=list)
-
-
-class Contender(ABC):
-    """A caching forwarder under test. Subclasses build the command line."""
-
-    name: str
-
-    @abstractmethod
-    def command(self, slot: Slot) -> list[str]:
-        """argv for a foreground process listening on 127.0.0.1:slot.port."""
-
-    def version(self) -> str:
-        return "unknown"
-
-    def env(self) -> dict[str, str] | None:
-        """Environment for the child; None inherits ours."""
-        return None
-
-    def start(self, slot: Slot) -> bl.ManagedProcess:
-        argv = bl.pinned(self.command(slot), slot.cpu)
-        return bl.ManagedProcess(self.name, argv, slot.workdir / f"{self.name}.log", cwd=bl.REPO,
-                                 env=self.env())
-
-
-class Nodecache(Contender):
-    """The agent, run the way an operator would run it, on the venv's Python."""
-
-    name = NODECACHE
-
-    def command(self, slot: Slot) -> list[str]:
-        resolv = slot.workdir / "resolv.conf"
-        # Only cluster.local names are asked; the node resolv.conf just has to parse.
-        resolv.write_text(f"nameserver {bl.LOCALHOST}\n")
-        return [sys.executable, "-m", "nodecache", "run", "--no-setup-interface", "--no-setup-iptables",
-                "--listen", bl.LOCALHOST, "--port", str(slot.port),
-                "--upstream", f"{bl.LOCALHOST}:{slot.upstream_port}",
-                "--cluster-domain", bl.CLUSTER_DOMAIN,
-                "--node-resolv-conf", str(resolv), *bl.agent_endpoint_args(slot.workdir), *slot.extra_args]
-
-    def env(self) -> dict[str, str]:
-        # The CLI reads NODECACHE_* variables; a stray one in the caller's shell
-        # would silently change what is measured. Use --nodecache-args instead.
-        return {k: v for k, v in os.environ.items() if not k.startswith("NODECACHE_")}
-
-    def version(self) -> str:
-        try:
-            import nodecache
-
-            return getattr(nodecache, "__version__", "unknown")
-        except ImportError:
-            return "unknown"
-
-
-class NodecacheUdp(Nodecache):
-    """The agent with the cluster zone forwarded over UDP, a per-zone Corefile choice (no force_tcp).
-
-    Not run by default; ask for it with `--only nodecache-udp`.
-    """
-
-    name = "nodecache-udp"
-
-    def command(self, slot: Slot) -> list[str]:
-        argv = super().command(slot)
-        corefile = slot.workdir / "Corefile"
-        corefile.write_text(f"""\
-{bl.CLUSTER_DOMAIN}:{slot.port} {{
-    bind {bl.LOCALHOST}
-    cache {{
-        success 9984 30
-        denial 9984 5
-    }}
-    forward . {bl.LOCALHOST}:{slot.upstream_port}
-}}
-.:{slot.port} {{
-    bind {bl.LOCALHOST}
-    cache 30
-    forward . {bl.LOCALHOST}:{slot.upstream_port}
-}}
-""")
-        cut = argv.index("--upstream")  # the Corefile defines the zones: --config refuses the zone flags
-        del argv[cut:cut + 2]
-        return [*argv, "--config", str(corefile)]
-
-
-class Dnsmasq(Contender):
-    """dnsmasq as a pure cache: no resolv.conf, no hosts, no DHCP, one upstream."""
-
-    name = "dnsmasq"
-
-    def command(self, slot: Slot) -> list[str]:
-        argv = [bl.find_program("dnsmasq"), "--keep-in-foreground", "--conf-file=/dev/null",
-                "--no-resolv", "--no-hosts", "--no-poll",
-                f"--server={bl.LOCALHOST}#{slot.upstream_port}",
-                f"--listen-address={bl.LOCALHOST}", "--bind-interfaces",
-                f"--port={slot.port}", "--cache-size=10000",
-                f"--pid-file={slot.workdir / 'dnsmasq.pid'}", "--log-facility=-"]
-        if os.geteuid() == 0:
-            # As root dnsmasq drops to its compiled-in user, which may not
-            # exist everywhere; name one that does.
-            nobody = pwd.getpwnam("nobody")
-            argv += ["--user=nobody", f"--group={grp.getgrgid(nobody.pw_gid).gr_name}"]
-        return argv
-
-    def version(self) -> str:
-        return bl.tool_version([bl.find_program("dnsmasq"), "--version"])
-
-
-class Unbound(Contender):
-    """unbound as a forwarder: one thread, no validation, big caches."""
-
-    name = "unbound"
-
-    def command(self, slot: Slot) -> list[str]:
-        conf = slot.workdir / "unbound.conf"
-        upstream = f"{bl.LOCALHOST}@{slot.upstream_port}"
-        conf.write_text(f"""\
-server:
-    num-threads: 1
-    interface: {bl.LOCALHOST}@{slot.port}
-    port: {slot.port}
-    do-ip6: no
-    do-daemonize: no
-    chroot: ""
-    username: ""
-    directory: "{slot.workdir}"
-    pidfile: "{slot.workdir / 'unbound.pid'}"
-    use-syslog: no
-    logfile: ""
-    verbosity: 1
-    access-control: 127.0.0.0/8 allow
-    do-not-query-localhost: no
-    # No DNSSEC: the other contenders do not validate either.
-    module-config: "iterator"
-    domain-insecure: "{bl.CLUSTER_DOMAIN}."
-    msg-cache-size: 128m
-    rrset-cache-size: 256m
-    key-cache-size: 4m
-remote-control:
-    control-enable: no
-forward-zone:
-    name: "{bl.CLUSTER_DOMAIN}."
-    forward-addr: {upstream}
-forward-zone:
-    name: "."
-    forward-addr: {upstream}
-""")
-        return [bl.find_program("unbound"), "-d", "-c", str(conf)]
-
-    def version(self) -> str:
-        return bl.tool_version([bl.find_program("unbound"), "-V"])
-
-
-CONTENDERS: dict[str, type[Contender]] = {c.name: c for c in (Nodecache, Dnsmasq, Unbound, NodecacheUdp)}
-DEFAULT_CONTENDERS = (Nodecache.name, Dnsmasq.name, Unbound.name)
+#: Fixed offered rates (dnsperf -Q): well below what each contender answers
+#: saturated on one CPU here, so CPU per query compares equal work.
+DEFAULT_HIT_RATE = 40_000
+DEFAULT_MISS_RATE = 5_000
+#: Unique names a fixed-rate miss run gets beyond rate x duration, so it never wraps.
+RATE_NAMES_HEADROOM = 1.2
+#: The fill sends its lost questions again, one by one, at most this many times.
+FILL_RETRIES = 2
+DOCS_PERFORMANCE = bl.REPO / "docs" / "performance.md"
+README = bl.REPO / "README.md"
 
 
 # --------------------------------------------------------------------------
@@ -216,6 +75,8 @@ class Running:
     proc: bl.ManagedProcess | None = None
     error: str | None = None
     ready_after_s: float | None = None
+    idle_rss_kib: int | None = None
+    fill: dict = field(default_factory=dict)
     memory_kib: dict[str, int] = field(default_factory=dict)
     cpu_s: float | None = None
     exit_code: int | None = None
@@ -233,8 +94,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="repetitions per (contender, workload); the median is reported")
     p.add_argument("--only", action="append", choices=sorted(CONTENDERS), metavar="NAME",
                    help=f"run only this contender (repeatable; one of {', '.join(CONTENDERS)})")
-    p.add_argument("--workload", choices=(*WORKLOADS, "all"), default="all",
-                   help="hit: cached cluster names; miss: unique names the upstream must answer")
+    p.add_argument("--workload", action="append", choices=(*WORKLOADS, "all"), metavar="NAME",
+                   help="run only this workload (repeatable; default all): fill: every default cache filled "
+                        "once, RSS after; hit / hit-rate: cached cluster names, saturated / at --hit-rate; "
+                        "miss / miss-rate: unique names the upstream must answer, saturated / at --miss-rate; "
+                        "miss-udp: misses with nodecache forwarding the cluster zone over UDP")
+    p.add_argument("--hit-rate", type=int, default=DEFAULT_HIT_RATE,
+                   help="offered q/s (dnsperf -Q) of the hit-rate workload, where CPU per query is compared")
+    p.add_argument("--miss-rate", type=int, default=DEFAULT_MISS_RATE,
+                   help="offered q/s (dnsperf -Q) of the miss-rate workload")
     p.add_argument("--keep", action="store_true",
                    help="keep the temporary directory (configs, logs, dnsperf summaries)")
     p.add_argument("--nodecache-args", default="",
@@ -246,22 +114,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=2.0,
                    help="dnsperf -t: seconds after which a query counts as lost")
     p.add_argument("--miss-names", type=int, default=0,
-                   help="unique names per miss datafile (0: enough for 100k qps over --duration, "
+                   help="unique names per saturated miss datafile (0: enough for 100k qps over --duration, "
                         "at least 300000), so dnsperf never wraps")
+    p.add_argument("--fill-per-kind", type=int, default=fillzones.FILL_PER_KIND,
+                   help="fill: positive and negative names asked per zone (the agent's default capacity)")
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin (servers on CPU 0, dnsperf+NSD on CPU 1)")
+    p.add_argument("--render", metavar="JSON",
+                   help="run nothing: write the table of this results file ('latest': the newest in "
+                        "benchmarks/results) into docs/performance.md and README.md between "
+                        f"{benchreport.BEGIN} and {benchreport.END}")
     args = p.parse_args(argv)
     if args.duration <= 0 or args.reps < 1:
         p.error("--duration must be > 0 and --reps >= 1")
     if args.clients < 1 or args.outstanding < 1 or args.timeout <= 0:
         p.error("--clients, --outstanding and --timeout must be positive")
+    if args.hit_rate < 1 or args.miss_rate < 1 or not 0 < args.fill_per_kind <= 2 ** 15:
+        p.error("--hit-rate and --miss-rate must be positive, --fill-per-kind within 1..32768")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    names = args.only or list(DEFAULT_CONTENDERS)
-    workloads = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    if args.render:
+        return render(args.render)
+    names = args.only or list(CONTENDERS)
+    chosen = args.workload or ["all"]
+    workloads = [w for w in WORKLOADS if "all" in chosen or w in chosen]
     opts = bl.DnsperfOptions(args.clients, args.outstanding, args.timeout)
     miss_names = args.miss_names or max(300_000, int(100_000 * args.duration))
 
@@ -288,9 +167,30 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def render(source: str) -> int:
+    """Write the table of one results file into the docs' marked sections."""
+    path = latest_result() if source == "latest" else Path(source)
+    if path is None or not path.is_file():
+        print(f"no results file {source!r} (run the benchmark first)", file=sys.stderr)
+        return 2
+    rep = json.loads(path.read_text())
+    shown = path.resolve().relative_to(bl.REPO) if path.resolve().is_relative_to(bl.REPO) else Path(path.name)
+    for target, only_targets in ((DOCS_PERFORMANCE, False), (README, True)):
+        changed = benchreport.render_into(target, rep, str(shown), only_targets)
+        print(f"{target.relative_to(bl.REPO)}: {'updated' if changed else 'unchanged'} from {shown}")
+    failed = [label for label, v in benchreport.verdicts(rep).items() if v == benchreport.FAIL]
+    print(f"{len(failed)} target(s) failed" + (": " + "; ".join(failed) if failed else ""))
+    return 0
+
+
+def latest_result() -> Path | None:
+    files = sorted(RESULTS_DIR.glob("*.json"))
+    return files[-1] if files else None
+
+
 def bench(args: argparse.Namespace, names: list[str], workloads: list[str], opts: bl.DnsperfOptions,
           miss_names: int, pin: bool, workdir: Path) -> int:
-    """Start upstream and contenders, run the interleaved measurements, report."""
+    """Start upstream and contenders, fill, run the interleaved measurements, report."""
     server_cpu = bl.SERVER_CPU if pin else None
     load_cpu = bl.LOAD_CPU if pin else None
     started = dt.datetime.now(dt.UTC)
@@ -299,51 +199,44 @@ def bench(args: argparse.Namespace, names: list[str], workloads: list[str], opts
     runs: list[dict] = []
     upstream = None
     upstream_check: dict = {}
+    node_resolver = bl.pick_node_resolver()
+    fill = fill_plan(args.fill_per_kind, node_resolver)
     try:
-        upstream = bl.start_upstream(workdir / "nsd")
+        upstream = bl.start_upstream(workdir / "nsd", node_resolver)
         bl.wait_ready(bl.LOCALHOST, upstream.port, timeout=20)
         expected = bl.warm(bl.LOCALHOST, upstream.port, bl.HIT_QUERIES)
-        bl.log(f"upstream: NSD on {bl.LOCALHOST}:{upstream.port}; answers: {expected}")
+        bl.log(f"upstream: NSD on {bl.LOCALHOST}:{upstream.port} and {node_resolver or '(no port 53)'}; "
+               f"answers: {expected}")
         upstream_check = check_upstream(upstream.port, opts, load_cpu, workdir)
 
-        for name in names:
-            slot = Slot(workdir / name, bl.free_port(), upstream.port, server_cpu,
-                        extra if name.startswith(NODECACHE) else [])
+        for contender in contenders_for(names, workloads):
+            slot = Slot(workdir / contender.name, bl.free_port(), upstream.port, server_cpu, node_resolver,
+                        extra if contender.label == NODECACHE else [])
             slot.workdir.mkdir()
-            r = Running(CONTENDERS[name](), slot)
-            running.append(r)
-            try:
-                r.proc = r.contender.start(slot)
-                r.ready_after_s = bl.wait_ready(bl.LOCALHOST, slot.port, r.proc, timeout=20)
-                bl.log(f"{name}: ready on {bl.LOCALHOST}:{slot.port} after {r.ready_after_s:.2f}s "
-                       f"(pid {r.proc.pid})")
-            except (RuntimeError, OSError) as e:
-                r.error = f"did not start: {e}"
-                bl.log(f"{name}: {r.error}")
-                if r.proc is not None:
-                    r.exit_code = r.proc.stop()
+            running.append(start(contender, slot))
 
         live = [r for r in running if r.error is None]
+        if "fill" in workloads:
+            for r in live:
+                if "fill" in r.contender.workloads:
+                    fill_cache(r, fill, opts, load_cpu, workdir)
         hit_file = bl.write_hit_file(workdir / "hit.txt")
-        total = len(workloads) * args.reps * len(live)
-        done = 0
-        for workload in workloads:
-            for rep in range(1, args.reps + 1):
-                for r in live:
-                    if r.error is not None:
-                        continue
-                    done += 1
-                    bl.log(f"[{done}/{total}] {workload} rep {rep}/{args.reps}: {r.contender.name} ...")
-                    try:
-                        runs.append(measure(r, workload, rep, hit_file, miss_names, expected,
-                                            opts, args.duration, load_cpu, workdir))
-                    except (RuntimeError, OSError) as e:
-                        r.error = f"failed during {workload} rep {rep}: {e}"
-                        bl.log(f"  {r.contender.name}: {r.error}")
-                        continue
-                    res = runs[-1]["dnsperf"]
-                    bl.log(f"  {res['qps']:,.0f} q/s, avg {res['avg_latency_ms']:.3f} ms, "
-                           f"p99 {fmt_ms(res['p99_latency_ms'])} ms, lost {res['lost']}")
+        plan = [(rep, w, r) for rep in range(1, args.reps + 1) for w in workloads if w != "fill"
+                for r in live if w in r.contender.workloads]  # fmt: skip
+        for done, (rep, workload, r) in enumerate(plan, 1):
+            if r.error is not None:
+                continue
+            bl.log(f"[{done}/{len(plan)}] {workload} rep {rep}/{args.reps}: {r.contender.name} ...")
+            try:
+                runs.append(measure(r, workload, rep, hit_file, miss_names, expected, opts, args, load_cpu,
+                                    workdir))
+            except (RuntimeError, OSError) as e:
+                r.error = f"failed during {workload} rep {rep}: {e}"
+                bl.log(f"  {r.contender.name}: {r.error}")
+                continue
+            res = runs[-1]["dnsperf"]
+            bl.log(f"  {res['qps']:,.0f} q/s, {res['cpu_us_per_query'] or 0:.1f} µs CPU/query, "
+                   f"p99 {fmt_ms(res['p99_latency_ms'])} ms, lost {res['lost']}")
         for r in running:
             if r.proc is not None and r.proc.alive():
                 r.memory_kib = bl.memory_kib(r.proc.pid)
@@ -355,14 +248,83 @@ def bench(args: argparse.Namespace, names: list[str], workloads: list[str], opts
         if upstream is not None:
             upstream.stop()
 
-    report = build_report(args, opts, miss_names, pin, started, running, runs, workloads)
+    report = build_report(args, opts, miss_names, pin, started, running, runs, workloads, fill)
     report["upstream_check"] = upstream_check
     print_report(report)
     RESULTS_DIR.mkdir(exist_ok=True)
     out = RESULTS_DIR / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     out.write_text(json.dumps(report, indent=2))
-    print(f"\nraw results: {out.relative_to(bl.REPO)}")
+    print("\n" + benchreport.markdown(report, str(out.relative_to(bl.REPO))))
+    print(f"raw results: {out.relative_to(bl.REPO)}; into the docs with: "
+          f"benchmarks/run.py --render {out.relative_to(bl.REPO)}")
     return 1 if any(r.error for r in running) else 0
+
+
+def contenders_for(names: list[str], workloads: list[str]) -> list[Contender]:
+    """The servers to start: the chosen ones, plus nodecache's UDP variant when miss-udp runs."""
+    out: list[Contender] = [CONTENDERS[n]() for n in names]
+    if NODECACHE in names and MISS_UDP in workloads:
+        out.append(NodecacheUdp())
+    return [c for c in out if set(c.workloads) & set(workloads)]
+
+
+def start(contender: Contender, slot: Slot) -> Running:
+    """Start one server; read its idle RSS before it sees any query, then wait until it answers."""
+    r = Running(contender, slot)
+    try:
+        r.proc = contender.start(slot)
+        bl.wait_bound(slot.port, r.proc, timeout=20)
+        r.idle_rss_kib = bl.settled_rss_kib(r.proc.pid)
+        r.ready_after_s = bl.wait_ready(bl.LOCALHOST, slot.port, r.proc, timeout=20)
+        bl.log(f"{contender.name}: ready on {bl.LOCALHOST}:{slot.port} (pid {r.proc.pid}), "
+               f"idle RSS {r.idle_rss_kib / 1024:.1f} MiB")
+    except (RuntimeError, OSError) as e:
+        r.error = f"did not start: {e}"
+        bl.log(f"{contender.name}: {r.error}")
+        if r.proc is not None:
+            r.exit_code = r.proc.stop()
+    return r
+
+
+def fill_plan(per_kind: int, node_resolver: str | None) -> tuple[fillzones.FillZone, ...]:
+    """The fill's zones: all four, or without "." when NSD could not take a port-53 address."""
+    zones = fillzones.fill_zones(bl.CLUSTER_DOMAIN, per_kind)
+    if node_resolver is None:
+        bl.log("warning: no loopback address with a free port 53 (root needed): the fill leaves out "
+               "the \".\" zone, which the agent sends to its node resolv.conf")
+        zones = tuple(z for z in zones if z.zone != ".")
+    return zones
+
+
+def fill_cache(r: Running, zones: tuple[fillzones.FillZone, ...], opts: bl.DnsperfOptions,
+               load_cpu: int | None, workdir: Path) -> None:
+    """Ask every fill question once, again what dnsperf lost, then read RSS and the cache's count."""
+    assert r.proc is not None
+    data = workdir / f"fill-{r.contender.name}.txt"
+    asked = bl.write_questions(data, fillzones.interleaved(zones))
+    bl.log(f"fill: {r.contender.name}, {asked:,} questions ...")
+    t0 = time.monotonic()
+    try:
+        res = bl.run_dnsperf(data, r.slot.port, workdir, f"fill-{r.contender.name}", opts, max_runs=1,
+                             cpu=load_cpu)
+    except RuntimeError as e:
+        r.error = f"failed during the fill: {e}"
+        bl.log(f"  {r.error}")
+        return
+    finally:
+        data.unlink(missing_ok=True)
+    lost = [tuple(q.split(" ", 1)) for q in res.lost_questions]
+    for _ in range(FILL_RETRIES):
+        if not lost:
+            break
+        seen = bl.warm(bl.LOCALHOST, r.slot.port, lost)  # type: ignore[arg-type]
+        lost = [tuple(k.split(" ", 1)) for k, v in seen.items() if v == "timeout"]
+    entries = r.contender.cache_entries(r.slot) or {}
+    r.fill = {"asked": asked, "seconds": round(time.monotonic() - t0, 1), "qps": res.qps,
+              "lost_by_dnsperf": res.lost, "unanswered": len(lost), "rcodes": res.rcodes,
+              "rss_kib": bl.settled_rss_kib(r.proc.pid), **entries}
+    bl.log(f"  {res.qps:,.0f} q/s, lost {res.lost} (unanswered after retries: {len(lost)}), "
+           f"RSS {r.fill['rss_kib'] / 1024:.1f} MiB, entries {entries or 'unknown'}")
 
 
 def check_upstream(port: int, opts: bl.DnsperfOptions, load_cpu: int | None, workdir: Path) -> dict:
@@ -388,17 +350,17 @@ def check_upstream(port: int, opts: bl.DnsperfOptions, load_cpu: int | None, wor
 
 
 def measure(r: Running, workload: str, rep: int, hit_file: Path, miss_names: int,
-            expected: dict[str, str], opts: bl.DnsperfOptions, duration: float,
+            expected: dict[str, str], opts: bl.DnsperfOptions, args: argparse.Namespace,
             load_cpu: int | None, workdir: Path) -> dict:
-    """One dnsperf run of one workload against one contender."""
+    """One dnsperf run of one workload against one contender, with the server's CPU time over it."""
     assert r.proc is not None
     if not r.proc.alive():
         raise RuntimeError(f"exited with {r.proc.proc.returncode}:\n{r.proc.log_tail()}")
     label = f"{workload}-{r.contender.name}-{rep}"
-    info: dict = {"contender": r.contender.name, "workload": workload, "rep": rep,
-                  "loadavg_before": Path("/proc/loadavg").read_text().split()[:3]}
-    cpu_before = bl.cpu_seconds(r.proc.pid)
-    if workload == "hit":
+    rate = {"hit-rate": args.hit_rate, "miss-rate": args.miss_rate}.get(workload)
+    info: dict = {"contender": r.contender.label, "server": r.contender.name, "workload": workload, "rep": rep,
+                  "offered_qps": rate, "loadavg_before": Path("/proc/loadavg").read_text().split()[:3]}
+    if workload in HIT_WORKLOADS:
         # Fill (or refill: a miss run may have evicted them) the cache first.
         seen = bl.warm(bl.LOCALHOST, r.slot.port, bl.HIT_QUERIES)
         r.warm_rcodes = seen
@@ -406,25 +368,31 @@ def measure(r: Running, workload: str, rep: int, hit_file: Path, miss_names: int
         if differ:
             bl.log(f"  warning: answers differ from the upstream's: {differ}")
         info["warm_mismatch"] = differ
-        result = bl.run_dnsperf(hit_file, r.slot.port, workdir, label, opts,
-                                duration=duration, cpu=load_cpu)
+        cpu_before = bl.cpu_seconds(r.proc.pid)
+        result = bl.run_dnsperf(hit_file, r.slot.port, workdir, label, opts, duration=args.duration,
+                                cpu=load_cpu, rate=rate)
     else:
         data = workdir / f"{label}.txt"
-        info["miss_run_id"] = bl.write_miss_file(data, miss_names)
-        info["miss_names"] = miss_names
+        count = miss_names if rate is None else math.ceil(rate * args.duration * RATE_NAMES_HEADROOM) + 1000
+        info["miss_run_id"] = bl.write_miss_file(data, count)
+        info["miss_names"] = count
         try:
-            result = bl.run_dnsperf(data, r.slot.port, workdir, label, opts,
-                                    duration=duration, max_runs=1, cpu=load_cpu)
+            cpu_before = bl.cpu_seconds(r.proc.pid)
+            result = bl.run_dnsperf(data, r.slot.port, workdir, label, opts, duration=args.duration,
+                                    max_runs=1, cpu=load_cpu, rate=rate)
         finally:
             data.unlink(missing_ok=True)
         if result.stopped_by != "time limit":
             bl.log(f"  warning: dnsperf stopped by {result.stopped_by!r}, not the time limit; "
                    f"raise --miss-names")
+    server_cpu_s = bl.cpu_seconds(r.proc.pid) - cpu_before
     if result.run_time_s > 0:
-        # Includes the hit workload's warm-up queries: a handful, negligible.
-        result.server_cpu_pct = 100 * (bl.cpu_seconds(r.proc.pid) - cpu_before) / result.run_time_s
+        result.server_cpu_pct = 100 * server_cpu_s / result.run_time_s
     info["dnsperf"] = asdict(result)
     info["dnsperf"]["bad_responses"] = result.bad_responses
+    info["dnsperf"]["server_cpu_s"] = server_cpu_s
+    info["dnsperf"]["cpu_us_per_query"] = 1e6 * server_cpu_s / result.completed if result.completed else None
+    info["dnsperf"]["lost_questions"] = result.lost_questions[:20]
     info["dnsperf"].pop("summary_text")
     return info
 
@@ -438,29 +406,31 @@ def median(values: list[float | None]) -> float | None:
     return statistics.median(vals) if vals else None
 
 
+def summarize(mine: list[dict]) -> dict:
+    """Medians over one (workload, contender)'s reps; lost also as a total."""
+    return {
+        "reps": len(mine),
+        **{k: median([m[k] for m in mine]) for k in (
+            "qps", "avg_latency_ms", "p50_latency_ms", "p99_latency_ms", "lost", "bad_responses",
+            "server_cpu_pct", "cpu_us_per_query", "dnsperf_cpu_pct")},
+        "lost_total": sum(m["lost"] for m in mine),
+        "qps_all": [m["qps"] for m in mine],
+    }  # fmt: skip
+
+
 def build_report(args: argparse.Namespace, opts: bl.DnsperfOptions, miss_names: int, pin: bool,
                  started: dt.datetime, running: list[Running], runs: list[dict],
-                 workloads: list[str]) -> dict:
+                 workloads: list[str], fill: tuple[fillzones.FillZone, ...]) -> dict:
     """Everything needed to read or recompute the tables later, as plain data."""
     summary: dict[str, dict[str, dict]] = {}
     for workload in workloads:
         summary[workload] = {}
         for r in running:
-            mine = [x["dnsperf"] for x in runs
-                    if x["workload"] == workload and x["contender"] == r.contender.name]
-            if not mine:
-                continue
-            summary[workload][r.contender.name] = {
-                "reps": len(mine),
-                "qps": median([m["qps"] for m in mine]),
-                "avg_latency_ms": median([m["avg_latency_ms"] for m in mine]),
-                "p99_latency_ms": median([m["p99_latency_ms"] for m in mine]),
-                "lost": median([m["lost"] for m in mine]),
-                "bad_responses": median([m["bad_responses"] for m in mine]),
-                "server_cpu_pct": median([m["server_cpu_pct"] for m in mine]),
-                "dnsperf_cpu_pct": median([m["dnsperf_cpu_pct"] for m in mine]),
-                "qps_all": [m["qps"] for m in mine],
-            }
+            mine = [x["dnsperf"] for x in runs if x["workload"] == workload and x["server"] == r.contender.name]
+            if mine:
+                row = summarize(mine)
+                row["offered_qps"] = next((x["offered_qps"] for x in runs if x["workload"] == workload), None)
+                summary[workload][r.contender.label] = row
     return {
         "started": started.isoformat(),
         "host": {"cpus": os.cpu_count(), "platform": platform.platform(),
@@ -474,12 +444,18 @@ def build_report(args: argparse.Namespace, opts: bl.DnsperfOptions, miss_names: 
         },
         "settings": {"duration_s": args.duration, "reps": args.reps, "workloads": workloads,
                      "dnsperf_options": " ".join(opts.argv()) + " -v",
+                     "hit_rate": args.hit_rate, "miss_rate": args.miss_rate,
                      "miss_names_per_run": miss_names, "nodecache_args": args.nodecache_args,
-                     "hit_queries": [f"{n} {t}" for n, t in bl.HIT_QUERIES]},
+                     "hit_queries": [f"{n} {t}" for n, t in bl.HIT_QUERIES],
+                     "fill": {"per_kind": args.fill_per_kind, "zones": [z.zone for z in fill],
+                              "total": fillzones.total(fill)},
+                     "dnsmasq_cache_size": DNSMASQ_CACHE_SIZE,
+                     "unbound_cache": f"msg-cache-size {UNBOUND_MSG_CACHE}, rrset-cache-size {UNBOUND_RRSET_CACHE}"},
         "contenders": {
             r.contender.name: {
                 "command": r.proc.argv if r.proc else None, "port": r.slot.port,
-                "error": r.error, "ready_after_s": r.ready_after_s,
+                "error": r.error, "ready_after_s": r.ready_after_s, "idle_rss_kib": r.idle_rss_kib,
+                "fill": r.fill or None,
                 "peak_rss_kib": r.memory_kib.get("VmHWM"), "rss_kib": r.memory_kib.get("VmRSS"),
                 "cpu_s": r.cpu_s, "exit_code": r.exit_code, "warm_rcodes": r.warm_rcodes,
             } for r in running},
@@ -502,21 +478,27 @@ def fmt_pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.0f}%"
 
 
+def fmt_mib(kib: float | None) -> str:
+    return "n/a" if kib is None else f"{kib / 1024:.1f}"
+
+
 def print_report(rep: dict) -> None:
     """The human part: settings, one table per workload, memory, failures."""
     s = rep["settings"]
     print()
     print(f"dnsperf {rep['versions']['dnsperf']} options: {s['dnsperf_options']} "
-          f"-l {s['duration_s']:g} (miss: -n 1, {s['miss_names_per_run']:,} unique names per run)")
+          f"-l {s['duration_s']:g} (miss: -n 1, {s['miss_names_per_run']:,} unique names per run; "
+          f"hit-rate: -Q {s['hit_rate']}, miss-rate: -Q {s['miss_rate']})")
     pin = rep["host"]["pinning"]
     print(f"pinning: server CPU {pin['server_cpu']}, dnsperf+NSD CPU {pin['dnsperf_nsd_harness_cpu']}"
           if pin else "pinning: none")
     print(f"reps: {s['reps']} interleaved; figures are medians over reps; "
           f"p99 from dnsperf -v per-answer latencies; lost = no answer within -t;")
     print("bad = answers other than NOERROR/NXDOMAIN; srv cpu / gen cpu = CPU time of the server / "
-          "of dnsperf over the run, in % of its one CPU (see benchmarks/README.md: reading the results)")
+          "of dnsperf over the run, in % of its one CPU; µs/q = server CPU per answered query "
+          "(see benchmarks/README.md: reading the results)")
     print("note: nodecache forwards cluster.local to the upstream over TCP (its default, as "
-          "node-local-dns); dnsmasq and unbound over UDP")
+          "node-local-dns) except in miss-udp; dnsmasq and unbound over UDP")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in rep["versions"].items()))
     up = rep.get("upstream_check") or {}
     if up:
@@ -526,16 +508,19 @@ def print_report(rep: dict) -> None:
         print(f"nodecache extra args: {s['nodecache_args']}")
 
     for workload, rows in rep["summary"].items():
+        if not rows:
+            continue
         print(f"\n== {workload} ==")
         nc = rows.get(NODECACHE, {}).get("qps")
-        header = (f"{'contender':<13} {'qps':>10} {'avg ms':>8} {'p99 ms':>8} {'lost':>7} {'bad':>6} "
+        header = (f"{'contender':<10} {'qps':>10} {'µs/q':>6} {'p50 ms':>8} {'p99 ms':>8} {'lost':>7} {'bad':>6} "
                   f"{'srv cpu':>8} {'gen cpu':>8} {'nodecache/x':>12}")
         print(header)
         print("-" * len(header))
         for name, row in rows.items():
             ratio = "" if not nc or not row["qps"] or name == NODECACHE else f"{nc / row['qps']:.2f}x"
-            print(f"{name:<13} {row['qps']:>10,.0f} {fmt_ms(row['avg_latency_ms']):>8} "
-                  f"{fmt_ms(row['p99_latency_ms']):>8} {row['lost']:>7,.0f} {row['bad_responses']:>6,.0f} "
+            print(f"{name:<10} {row['qps']:>10,.0f} {row['cpu_us_per_query'] or 0:>6.1f} "
+                  f"{fmt_ms(row['p50_latency_ms']):>8} {fmt_ms(row['p99_latency_ms']):>8} "
+                  f"{row['lost_total']:>7,.0f} {row['bad_responses']:>6,.0f} "
                   f"{fmt_pct(row['server_cpu_pct']):>8} {fmt_pct(row['dnsperf_cpu_pct']):>8} {ratio:>12}")
         per_rep = "; ".join(f"{n}: {', '.join(f'{q:,.0f}' for q in r['qps_all'])} (spread {spread(r):.0%})"
                             for n, r in rows.items())
@@ -544,13 +529,14 @@ def print_report(rep: dict) -> None:
             print(f"warning: reps differ by more than {NOISY_SPREAD:.0%} of the median: the machine was "
                   f"busy with something else; compare with care or rerun")
 
-    print("\n== memory (after all runs) ==")
-    print(f"{'contender':<13} {'peak RSS MiB':>13} {'RSS MiB':>8} {'CPU s':>7}")
+    print("\n== memory ==")
+    print(f"{'server':<14} {'idle RSS MiB':>12} {'filled MiB':>11} {'cached':>8} {'peak MiB':>9} "
+          f"{'RSS MiB':>8} {'CPU s':>7}")
     for name, c in rep["contenders"].items():
-        if c["peak_rss_kib"] is None:
-            continue
-        print(f"{name:<13} {c['peak_rss_kib'] / 1024:>13.1f} {c['rss_kib'] / 1024:>8.1f} "
-              f"{c['cpu_s']:>7.1f}")
+        f = c.get("fill") or {}
+        print(f"{name:<14} {fmt_mib(c['idle_rss_kib']):>12} {fmt_mib(f.get('rss_kib')):>11} "
+              f"{f.get('held', 'n/a'):>8} {fmt_mib(c['peak_rss_kib']):>9} {fmt_mib(c['rss_kib']):>8} "
+              f"{c['cpu_s'] or 0:>7.1f}")
     for name, c in rep["contenders"].items():
         if c["error"]:
             print(f"\n{name}: {c['error']}")
