@@ -115,10 +115,10 @@ DEFAULT_QUERY_LOG_SAMPLE = 1.0  # with --query-log: the share of queries logged
 # Cache memory budget (--cache-memory), over every zone's caches, in bytes as
 # cache.footprint counts them (within 1% of tracemalloc's figure). An answer of
 # ~100 bytes costs about 420 bytes cached, so the default 4 zones x 2 caches x
-# 9984 entries take ~35 MiB resident if all filled, and the budget rarely
-# binds: it bounds larger answers (a big headless service) and keeps the agent
-# near its 64 MiB request; the agent takes about 29 MiB with empty caches.
-DEFAULT_CACHE_MEMORY = 24 * 1024 * 1024
+# 9984 entries take ~35 MiB resident if all filled. The default leaves room for
+# all of them (issue 10: every default cache full), so it binds only on larger
+# answers (a big headless service); the agent takes about 29 MiB with empty caches.
+DEFAULT_CACHE_MEMORY = 40 * 1024 * 1024
 MIN_CACHE_MEMORY = 1024 * 1024  # a few of the largest answers (64 KiB each) must fit
 _SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
 

@@ -95,7 +95,7 @@ def test_the_reference_has_every_run_flag_with_its_variable_and_every_metric() -
     for param in run.params:
         assert f"`{param.opts[0]}" in text, param.opts[0]
         assert f"`{param.envvar}`" in text, param.envvar
-    assert "| `--cache-memory BYTES` | `NODECACHE_CACHE_MEMORY` | 24Mi |" in text
+    assert "| `--cache-memory BYTES` | `NODECACHE_CACHE_MEMORY` | 40Mi |" in text
     assert "| `--setup-iptables` / `--no-setup-iptables` | `NODECACHE_SETUP_IPTABLES` | on |" in text
     for family in gen.metric_families():
         assert f"| `{family.name}` | {family.type} |" in text
