@@ -321,15 +321,11 @@ class KeptTtlEntry(Entry):
     __slots__ = ()
 
     def reply(self, data: bytes, qend: int, edns: int, limit: int, now: float) -> bytes:
-        """This answer for the query `data`, with the TTLs it was stored with (see `Entry.reply`)."""
-        shape = self._shape
-        if edns:
-            out = data[:2] + (shape[3] if data[2] & 1 else shape[2]) + data[12:qend] + self._body + shape[4]
-        else:
-            out = data[:2] + (shape[1] if data[2] & 1 else shape[0]) + data[12:qend] + self._body
-        if len(out) > limit:
-            out = self._truncated(data, qend, edns, limit, self._body)
-        return out
+        """This answer for the query `data`, with the TTLs it was stored with (see `Entry.reply`).
+
+        Replayed as at the moment it was stored: no second has elapsed, so the body is never re-rendered.
+        """
+        return Entry.reply(self, data, qend, edns, limit, self.stored)
 
 
 def footprint(entry: Entry) -> int:
