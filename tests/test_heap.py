@@ -1,0 +1,107 @@
+"""HeapTrimmer: freed heap goes back to the kernel once a burst of misses is over, rate-limited."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from nodecache.heap import BURST_MISSES, MIN_TRIM_INTERVAL, QUIET_MISSES, HeapTrimmer
+
+
+class FakeTrim:
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, pad: int) -> int:
+        self.calls.append(pad)
+        return 1
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _trimmer() -> tuple[HeapTrimmer, FakeTrim, Clock]:
+    trim, clock = FakeTrim(), Clock()
+    return HeapTrimmer(trim, clock), trim, clock
+
+
+def test_the_first_quiet_second_after_startup_trims() -> None:
+    heap, trim, _ = _trimmer()
+    assert heap.tick(0) is True
+    assert trim.calls == [0] and heap.trims == 1
+
+
+def test_no_trim_while_a_burst_goes_on_then_one_when_it_is_over() -> None:
+    heap, trim, clock = _trimmer()
+    heap.tick(0)
+    misses = 0
+    for _ in range(5):  # 5 s of a fill: many misses every second
+        clock.now += 20
+        misses += 5000
+        assert heap.tick(misses) is False
+    clock.now += 1
+    assert heap.tick(misses + QUIET_MISSES) is True
+    assert heap.trims == 2
+
+
+def test_a_few_misses_never_trigger_a_trim() -> None:
+    heap, trim, clock = _trimmer()
+    heap.tick(0)
+    misses = 0
+    for _ in range(100):
+        clock.now += 1
+        misses += 5
+        heap.tick(misses)
+    assert misses < BURST_MISSES and heap.trims == 1
+
+
+def test_trims_are_rate_limited_and_a_deferred_one_still_happens() -> None:
+    heap, trim, clock = _trimmer()
+    heap.tick(0)
+    clock.now += 1
+    heap.tick(BURST_MISSES * 2)  # a burst right after the startup trim
+    clock.now += 1
+    assert heap.tick(BURST_MISSES * 2) is False  # over, but too soon after the last trim
+    clock.now += MIN_TRIM_INTERVAL
+    assert heap.tick(BURST_MISSES * 2) is True
+    assert heap.trims == 2
+
+
+def test_without_malloc_trim_nothing_is_trimmed() -> None:
+    heap = HeapTrimmer(trim=None, clock=Clock())
+    heap._trim = None  # as on musl, where _malloc_trim() finds none
+    assert heap.available is False
+    assert heap.tick(0) is False and heap.tick(BURST_MISSES * 10) is False
+    assert heap.trims == 0
+
+
+def test_glibc_trim_is_found_and_runs() -> None:
+    heap = HeapTrimmer()
+    assert heap.available  # this machine's libc is glibc
+    assert heap.tick(0) is True
+
+
+def test_an_agent_from_flags_imports_no_corefile_parser_iptables_or_hmac(tmp_path: Path) -> None:
+    # Each would cost the idle agent resident memory it never uses (docs/performance.md#memory).
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 203.0.113.1\n")
+    code = f"""
+import sys, click
+from nodecache.cli import run
+from nodecache.loader import load_config
+from nodecache.node import NodeSetup
+from nodecache import server
+opts = {{o.name: o.default for o in run.params if isinstance(o, click.Option) and o.name}}
+opts.update(node_resolv_conf={str(resolv)!r}, upstream=("192.0.2.10",), local_ip=("127.0.0.1",),
+            setup_interface=False, setup_iptables=False)
+NodeSetup(load_config(opts, frozenset({{"upstream", "local_ip", "setup_interface", "setup_iptables"}})))
+print(" ".join(m for m in ("nodecache.corefile", "nodecache.firewall", "secrets", "hmac") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
