@@ -55,7 +55,7 @@ class HeapTrimmer:
         self._last_misses = 0
         self._pending = BURST_MISSES  # startup counts as a burst: the first quiet second trims
         self._trimmed_at: float | None = None
-        self.trims = 0  # trims done (nodecache stats: memory)
+        self.trims = 0  # trims done (not yet in `nodecache stats`)
         self.trim_seconds = 0.0  # the time they took, summed
 
     @property

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 from nodecache.heap import BURST_MISSES, MIN_TRIM_INTERVAL, QUIET_MISSES, HeapTrimmer
 
 
@@ -85,23 +81,3 @@ def test_glibc_trim_is_found_and_runs() -> None:
     heap = HeapTrimmer()
     assert heap.available  # this machine's libc is glibc
     assert heap.tick(0) is True
-
-
-def test_an_agent_from_flags_imports_no_corefile_parser_iptables_or_hmac(tmp_path: Path) -> None:
-    # Each would cost the idle agent resident memory it never uses (docs/performance.md#memory).
-    resolv = tmp_path / "resolv.conf"
-    resolv.write_text("nameserver 203.0.113.1\n")
-    code = f"""
-import sys, click
-from nodecache.cli import run
-from nodecache.loader import load_config
-from nodecache.node import NodeSetup
-from nodecache import server
-opts = {{o.name: o.default for o in run.params if isinstance(o, click.Option) and o.name}}
-opts.update(node_resolv_conf={str(resolv)!r}, upstream=("192.0.2.10",), local_ip=("127.0.0.1",),
-            setup_interface=False, setup_iptables=False)
-NodeSetup(load_config(opts, frozenset({{"upstream", "local_ip", "setup_interface", "setup_iptables"}})))
-print(" ".join(m for m in ("nodecache.corefile", "nodecache.firewall", "secrets", "hmac") if m in sys.modules))
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
