@@ -9,8 +9,8 @@ arena with madvise, leaving the live objects where they are.
 
 When: on the once-a-second tick (periodic.py), after a second with at most
 QUIET_MISSES misses that follows at least BURST_MISSES misses since the last
-trim, and no more often than every MIN_TRIM_INTERVAL seconds; also once after
-startup (importing and configuring leave freed memory behind too). A trim
+trim, and no more often than every MIN_TRIM_INTERVAL seconds. (Not after
+startup: an idle agent's trim returned under 0.1 MiB.) A trim
 walks the heap and stalls the loop while it does (about 10 ms over 80,000 live
 chunks, 37 ms when it also returned 120 MiB, in a synthetic test): that is why
 it waits for the burst to end and is rate-limited.
@@ -31,7 +31,7 @@ QUIET_MISSES = 100  # misses in the last second at or below which a burst counts
 MIN_TRIM_INTERVAL = 10.0  # seconds between trims at least: a trim stalls the loop for milliseconds
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
+def malloc_trim() -> Callable[[int], int] | None:
     """The C library's malloc_trim, or None where there is none (musl)."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
@@ -47,13 +47,14 @@ class HeapTrimmer:
 
     def __init__(
         self,
-        trim: Callable[[int], int] | None = None,
+        trim: Callable[[int], int] | None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._trim = trim if trim is not None else _malloc_trim()
+        """`trim`: the C library's malloc_trim (`malloc_trim()`), or None where there is none."""
+        self._trim = trim
         self._clock = clock
         self._last_misses = 0
-        self._pending = BURST_MISSES  # startup counts as a burst: the first quiet second trims
+        self._pending = 0  # misses since the last trim
         self._trimmed_at: float | None = None
         self.trims = 0  # trims done (not yet in `nodecache stats`)
         self.trim_seconds = 0.0  # the time they took, summed

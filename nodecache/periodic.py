@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from nodecache.heap import HeapTrimmer
+from nodecache.heap import HeapTrimmer, malloc_trim
 from nodecache.resolver import Resolver
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ class PeriodicTasks:
 
     def __init__(self, resolver: Resolver) -> None:
         self.resolver = resolver
-        self.heap = HeapTrimmer()
+        self.heap = HeapTrimmer(malloc_trim())
         self._purge: asyncio.Task[None] | None = None
         self._tick: asyncio.Task[None] | None = None
         self._loop_checks: set[asyncio.Task[None]] = set()
