@@ -171,7 +171,7 @@ class Rare:
     def __init__(self) -> None:
         self.hits = 0
         self.seen = 0.0
-        self.cuts: dict[int, tuple[int, tuple[bytes, bytes]]] = {}
+        self.cuts: dict[int, tuple[int, tuple[bytes, bytes]]] | None = None  # made on the first cut
 
 
 class Entry:
@@ -309,7 +309,10 @@ class Entry:
         """
         room = limit - qend - (wire.OPT_LEN if edns else 0)
         key = room << 1 | edns
-        cuts = self.rare.cuts
+        rare = self.rare
+        cuts = rare.cuts
+        if cuts is None:
+            cuts = rare.cuts = {}
         cut = cuts.get(key)
         if cut is None:
             if len(cuts) >= MAX_CUTS:
