@@ -55,8 +55,8 @@ INDEX_SLOT_BYTES = 30  # a plain dict's slot (the NXDOMAIN index), likewise at 9
 MAX_SHARED = 4096
 _shared: dict[object, object] = {}
 _FLOAT_BYTES = sys.getsizeof(0.0)
-# An entry's shared part: four headers, the OPT record, the stale window (see Entry.__init__).
-Shape = tuple[bytes, bytes, bytes, bytes, bytes, int]
+# An entry's shared part: four headers, the OPT record, the stale window, the kind (see Entry.__init__).
+Shape = tuple[bytes, bytes, bytes, bytes, bytes, int, "Kind | None"]
 _T = TypeVar("_T", bytes, Shape)
 
 
@@ -157,6 +157,23 @@ def _clamp(ttl: int, low: int, high: int) -> int:
     return max(low, min(ttl, high))
 
 
+class Rare:
+    """What few entries need, behind one slot of Entry instead of three: made on first use.
+
+    `hits` and `seen` (the ask count and the last ask) with prefetch on
+    (prefetch.py); `cuts`, truncation points, for replies larger than a
+    client takes (`Entry._truncated`). Not charged to the memory budget (an
+    entry's size must not change while it is stored): 64 bytes an entry.
+    """
+
+    __slots__ = ("hits", "seen", "cuts")
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.seen = 0.0
+        self.cuts: dict[int, tuple[int, tuple[bytes, bytes]]] | None = None  # made on the first cut
+
+
 class Entry:
     """One cached reply, ready to be replayed to any client with the same key.
 
@@ -164,24 +181,22 @@ class Entry:
     rendered, with its TTLs lowered by `_at` seconds; the original TTLs and
     where they sit are kept packed (`_ttls`, 6 bytes a record), so a body of
     any second is rendered from them, once per second per entry at most. The
-    four header variants and the OPT record (`_shape`) and the packed TTLs
-    are shared with every entry that has the same ones (`_share`).
+    four header variants, the OPT record and the kind (`_shape`) and the
+    packed TTLs are shared with every entry that has the same ones (`_share`).
+    Eight slots: with the GC header that is 96 bytes, pymalloc's next size
+    class below the 128 that eleven took; rarely used fields are in `Rare`.
     """
 
     __slots__ = (
-        "kind",
         "expires",
-        "hits",
-        "seen",  # last ask, with prefetch on only (prefetch.py); unset otherwise, so it costs no object
         "tally",
         "_life",
         "_shape",
-        "_cuts",
         "_body",
         "_ttls",
         "_at",
+        "_rare",
     )
-    seen: float  # set by prefetch.py's lookup only
 
     def __init__(
         self,
@@ -194,10 +209,8 @@ class Entry:
         stale: int,
         ttl_cap: int,
     ) -> None:
-        self.kind = kind
         self.expires = now + ttl
         self._life = ttl  # so `stored` is `expires - _life`: one float per entry, not two
-        self.hits = 0
         self.tally: Tally = [0] * VIAS  # replaced by the zone's shared tally when stored
         # Served TTLs never exceed what the cache itself keeps: a client must
         # not hold a record longer than we would.
@@ -214,10 +227,24 @@ class Entry:
             bytes((flags1 | (i & 1), flags2, *counts, (ar + (i >> 1)) >> 8, (ar + (i >> 1)) & 0xFF)) for i in range(4)
         ]
         # Four header variants, indexed by (client RD bit) | (client sent OPT) << 1; the OPT record
-        # (whose extended rcode and the header's make `rcode`); the stale window, for `stale_until`.
+        # (whose extended rcode and the header's make `rcode`); the stale window, for `stale_until`;
+        # the kind (the headers already differ by it, so sharing it splits no shape).
         opt = wire.opt_record(payload, do, scan.rcode >> 4)
-        self._shape: Shape = _share((heads[0], heads[1], heads[2], heads[3], opt, stale))
-        self._cuts: dict[int, tuple[int, tuple[bytes, bytes]]] | None = None  # see `_truncated`
+        self._shape: Shape = _share((heads[0], heads[1], heads[2], heads[3], opt, stale, kind))
+        self._rare: Rare | None = None
+
+    @property
+    def kind(self) -> Kind | None:
+        """What the entry says (success, denial, SERVFAIL; None: not cacheable, as a probe's)."""
+        return self._shape[6]
+
+    @property
+    def rare(self) -> Rare:
+        """The entry's rarely needed fields, made on the first use (see `Rare`)."""
+        rare = self._rare
+        if rare is None:
+            rare = self._rare = Rare()
+        return rare
 
     @property
     def stored(self) -> float:
@@ -282,9 +309,10 @@ class Entry:
         """
         room = limit - qend - (wire.OPT_LEN if edns else 0)
         key = room << 1 | edns
-        cuts = self._cuts
+        rare = self.rare
+        cuts = rare.cuts
         if cuts is None:
-            cuts = self._cuts = {}
+            cuts = rare.cuts = {}
         cut = cuts.get(key)
         if cut is None:
             if len(cuts) >= MAX_CUTS:
@@ -337,8 +365,8 @@ def footprint(entry: Entry) -> int:
     kind, tally and stale window belong to the zone; small ints and None are
     the interpreter's. So the size never changes after the entry is made, no
     hit has to account for anything, and the size need not be stored: it is
-    computed again when the entry leaves. Truncation points (`_cuts`), made
-    only for replies larger than a client takes, are not counted.
+    computed again when the entry leaves. `Rare` fields (prefetch's counts,
+    truncation points), made after the entry is stored, are not counted.
     """
     size = sys.getsizeof
     total = size(entry) + size(entry._body) + _FLOAT_BYTES

@@ -186,9 +186,12 @@ def _from_flags(opts: Opts, settings: dict[str, Any]) -> dict[str, Any]:
 
 def prefetch_policy(opts: Opts) -> dict[str, Any]:
     """CachePolicy's prefetch fields from --prefetch (the Corefile option's words; "0" is off)."""
+    text = str(opts.get("prefetch") or DEFAULT_PREFETCH_AMOUNT)
+    if text == str(DEFAULT_PREFETCH_AMOUNT):
+        return {}  # off, CachePolicy's defaults: the Corefile parser (about 1 MiB) stays unimported
     from nodecache.corefile import prefetch_fields, prefetch_flag
 
-    return prefetch_fields(prefetch_flag(str(opts.get("prefetch") or DEFAULT_PREFETCH_AMOUNT)))
+    return prefetch_fields(prefetch_flag(text))
 
 
 def _with_forwarding(zone: Zone, opts: Opts) -> Zone:

@@ -6,8 +6,9 @@ cache. `Batch` reads up to `size` queries with one recvmmsg and writes the
 replies queued for them with one sendmmsg.
 
 Every buffer is allocated once per socket: `size` receive slots of
-`datagram` bytes, `size` reply slots of `reply` bytes, the peers'
-addresses, and the two mmsghdr vectors pointing into them. A reply goes to
+`datagram` bytes, `size` reply slots of `reply` bytes (both anonymous
+mappings, resident only where used), the peers' addresses, and the two
+mmsghdr vectors pointing into them. A reply goes to
 the peer of the query in the same slot: the send vector reuses the
 receive vector's addresses, so a hit costs a copy of its reply bytes and
 one length, and no Python address tuple. A datagram larger than `datagram`
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import socket
 import struct
 from typing import Any
@@ -104,9 +106,13 @@ class Batch:
         self.reply = reply
         self.family = sock.family
         self.replies: list[bytes | None] = [None] * size
-        # Buffers, each one ctypes array for all slots (their addresses stay fixed).
-        self._in = ctypes.create_string_buffer(size * datagram)
-        self._out = ctypes.create_string_buffer(size * reply)
+        # Buffers, each one ctypes array for all slots (their addresses stay fixed). The two large
+        # ones are anonymous mappings: their pages become resident only once a datagram or reply
+        # is written to them, so an agent that never sees a burst does not pay for 64 slots.
+        self._in_map = mmap.mmap(-1, size * datagram)
+        self._out_map = mmap.mmap(-1, size * reply)
+        self._in = (ctypes.c_char * (size * datagram)).from_buffer(self._in_map)
+        self._out = (ctypes.c_char * (size * reply)).from_buffer(self._out_map)
         self._names = ctypes.create_string_buffer(size * _SOCKADDR)
         self._iov_in = (_IoVec * size)()
         self._iov_out = (_IoVec * size)()
@@ -123,8 +129,8 @@ class Batch:
                 h.msg_iov, h.msg_iovlen = ctypes.addressof(iov) + i * _IOV, 1
         self._hdr_in_at = ctypes.addressof(self._hdr_in)
         self._hdr_out_at = ctypes.addressof(self._hdr_out)
-        self._in_view = memoryview(self._in).cast("B")
-        self._out_view = memoryview(self._out).cast("B")
+        self._in_view = memoryview(self._in_map)
+        self._out_view = memoryview(self._out_map)
         self._names_view = memoryview(self._names).cast("B")
         self._iov_out_view = memoryview(self._iov_out).cast("B")
         # The receive vector's msg_len fields, all read with one unpack.

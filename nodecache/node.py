@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 
 from nodecache.config import DEFAULT_HEALTH_PORT, DNS_PORT, Config, parse_ip
 from nodecache.errors import ConfigError, FirewallError, NetworkSetupError
-from nodecache.firewall import HEARTBEAT_INTERVAL, RECENT_DIR, Firewall
 
 if TYPE_CHECKING:  # pyroute2 takes ~0.1 s to import: only agents with an interface to keep pay for it
+    from nodecache.firewall import Firewall  # and iptables code (with shutil, ~1 MiB) only those with rules
     from nodecache.netif import InterfaceKeeper
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class NodeSetup:
         *,
         netns: str | None = None,
         command_prefix: Sequence[str] = (),
-        recent_dir: str = RECENT_DIR,
+        recent_dir: str | None = None,
     ) -> None:
         self.config = config
         self.port = port
@@ -161,7 +161,7 @@ class NodeSetup:
             )  # fmt: skip
         self.firewall: Firewall | None = None
         self._prefix = tuple(command_prefix)
-        self._recent_dir = recent_dir
+        self._recent_dir = recent_dir  # None: firewall.RECENT_DIR
         self._tasks: list[asyncio.Task[None]] = []
         self._rules_wake = asyncio.Event()
         self._last_recheck = 0.0
@@ -178,10 +178,12 @@ class NodeSetup:
         if self.keeper is not None:
             await asyncio.to_thread(self.keeper.start)
         if self.config.setup_iptables and self.local_ips:
+            from nodecache.firewall import RECENT_DIR, Firewall
+
             try:
                 self.firewall = await asyncio.to_thread(
                     Firewall, self.local_ips, self.port, health_port(self.config), self.config.iptables_backend,
-                    self._prefix, self._recent_dir,
+                    self._prefix, self._recent_dir or RECENT_DIR,
                 )  # fmt: skip
             except NetworkSetupError as exc:
                 self.setup_errors["iptables"] += 1
@@ -288,6 +290,8 @@ class NodeSetup:
             await self.sync_rules()
 
     async def _heartbeat_forever(self) -> None:
+        from nodecache.firewall import HEARTBEAT_INTERVAL
+
         while True:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
             self._heartbeat()
@@ -323,6 +327,7 @@ def teardown_leftovers(
     Each removal is passed to `echo` as it happens, so a failure later on
     does not hide what was already done.
     """
+    from nodecache.firewall import Firewall
     from nodecache.netif import remove_interface, run_netlink
 
     removed: list[str] = []

@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from nodecache.heap import HeapTrimmer, malloc_trim
 from nodecache.resolver import Resolver
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ class PeriodicTasks:
 
     def __init__(self, resolver: Resolver) -> None:
         self.resolver = resolver
+        self.heap = HeapTrimmer(malloc_trim())
         self._purge: asyncio.Task[None] | None = None
         self._tick: asyncio.Task[None] | None = None
         self._loop_checks: set[asyncio.Task[None]] = set()
@@ -59,6 +61,7 @@ class PeriodicTasks:
         while True:
             await asyncio.sleep(TICK_INTERVAL)
             self.resolver.tick()
+            self.heap.tick(sum(z.stats.misses for z in self.resolver.zones))
 
     async def _purge_forever(self) -> None:
         while True:

@@ -8,7 +8,8 @@ a hit, as in CoreDNS.
 Zero cost when off: a zone with prefetch gets a `get` of its own on its
 ZoneCache instance (`arm`), which the hit path calls as it calls the plain
 one. Zones without prefetch keep `ZoneCache.get` and do no extra work. With
-prefetch on, a hit adds a clock read, a counter and two comparisons.
+prefetch on, a hit adds a clock read, a counter and two comparisons, and an
+asked entry carries a `Rare` (64 bytes, not charged to the memory budget).
 
 The refresh itself is the resolver's business (`Resolver._prefetch`): it
 goes through the miss machinery, so it coalesces with client misses and
@@ -50,13 +51,14 @@ def arm(cache: ZoneCache, start: Start) -> None:
             return None
         now = clock()
         if now < entry.expires:
-            hits = entry.hits
+            asks = entry.rare
+            hits = asks.hits
             # CoreDNS's frequency: counted while asks come less than DURATION apart, else back to 1.
-            hits = hits + 1 if hits and now - entry.seen < gap else 1
-            entry.hits = hits
-            entry.seen = now
+            hits = hits + 1 if hits and now - asks.seen < gap else 1
+            asks.hits = hits
+            asks.seen = now
             if hits >= amount and int(entry.expires - now) <= threshold(round(entry.expires - entry.stored), percentage):
-                entry.hits = 0  # the next try needs AMOUNT more asks
+                asks.hits = 0  # the next try needs AMOUNT more asks
                 start(key, entry)
         return entry
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import secrets
+import os
 import struct
 import time
 from collections import deque
@@ -243,7 +243,7 @@ class LoopCheck:
             if zone.name not in zone_names:
                 continue
             for up in list(zone.forwarder.upstreams):
-                name = f"{secrets.token_hex(8)}.{LOOP_LABEL}.{'' if zone.name == '.' else zone.name}"
+                name = f"{os.urandom(8).hex()}.{LOOP_LABEL}.{'' if zone.name == '.' else zone.name}"
                 lname = name_to_wire(name.rstrip(".") + ".")
                 self.probes[lname] = (zone, up)
                 sent.append(lname)
