@@ -6,6 +6,7 @@ and drives dnsperf exactly the way the side-by-side benchmark does.
 
 from __future__ import annotations
 
+import compileall
 import dataclasses
 import math
 import os
@@ -64,6 +65,17 @@ def log(msg: str) -> None:
 
 # --------------------------------------------------------------------------
 # CPU pinning
+
+
+def compile_agent() -> None:
+    """Write the agent's bytecode, as `pip install` does for the container image.
+
+    An editable install with PYTHONDONTWRITEBYTECODE set would otherwise
+    compile every module at each start, which leaves about 1 MiB more
+    resident than the image's agent has: the idle RSS would measure the
+    checkout, not the product.
+    """
+    compileall.compile_dir(REPO / "nodecache", quiet=1)
 
 
 def can_pin() -> bool:

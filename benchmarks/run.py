@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         # This harness and NSD (which inherits it) belong to the load side.
         os.sched_setaffinity(0, {bl.LOAD_CPU})
 
+    bl.compile_agent()
     workdir = Path(tempfile.mkdtemp(prefix="nodecache-bench-"))
     try:
         return bench(args, names, workloads, opts, miss_names, pin, workdir)
