@@ -71,9 +71,9 @@ def _libc() -> Any:
     except (OSError, AttributeError):
         return None
     # No argtypes: converting through them costs about 1 µs a call, more than the rest of a
-    # one-query batch's Python. So every argument is passed as a ctypes value of the C type
-    # (pointers as c_void_p: a bare Python int would be passed as a 32-bit int), or as a small
-    # Python int where the C type is int/unsigned int; restype stays the default, int.
+    # one-query batch's Python. Ints (fd, count, flags) go as Python ints, which ctypes passes as
+    # C int without looking up a type; the vectors as the ctypes arrays themselves (passed by
+    # address), or as c_void_p (a bare Python int would be cut to a 32-bit int). restype: int.
     return lib
 
 
@@ -133,10 +133,7 @@ class Batch:
         entry = f"{_LEN_AT}xI{_HDR - _LEN_AT - 4}x"
         self._lengths = [struct.Struct(entry * n) for n in range(size + 1)]
         # recvmmsg's arguments as ctypes values, made once: a call then converts nothing.
-        self._recv_args = (ctypes.c_int(self.fd), ctypes.c_void_p(self._hdr_in_at), ctypes.c_uint(size),
-                           ctypes.c_int(MSG_DONTWAIT | MSG_TRUNC), None)  # fmt: skip
-        self._send_fd, self._send_flags = ctypes.c_int(self.fd), ctypes.c_int(MSG_DONTWAIT)
-        self._hdr_out_ptr = ctypes.c_void_p(self._hdr_out_at)  # sendmmsg's vector, from its first slot
+        self._recv_args = (self.fd, self._hdr_in, size, MSG_DONTWAIT | MSG_TRUNC, None)
         self._hdr_in_view = memoryview(self._hdr_in).cast("B")
         self.received = 0  # datagrams read
         self.batches = 0  # recvmmsg calls that read at least one
@@ -205,8 +202,8 @@ class Batch:
             out += 1
         done = 0
         while done < out:
-            at = self._hdr_out_ptr if not done else ctypes.c_void_p(self._hdr_out_at + done * _HDR)
-            k = _LIB.sendmmsg(self._send_fd, at, out - done, self._send_flags)
+            at = self._hdr_out if not done else ctypes.c_void_p(self._hdr_out_at + done * _HDR)
+            k = _LIB.sendmmsg(self.fd, at, out - done, MSG_DONTWAIT)
             if k > 0:
                 done += k
                 self.sent += k
