@@ -21,6 +21,8 @@ Design notes:
   entry; the index holds only keys already in the LRU and loses a name when
   its entry leaves the LRU, so it is bounded by the denial capacity. It is
   read on a miss only (`ZoneCache.nxdomain_above`), never on a hit.
+- A repeated hit is replayed from the `ReplyMemo` (query bytes after the ID to
+  reply bytes after the ID), which every removal from an LRU empties.
 """
 
 from __future__ import annotations
@@ -267,6 +269,14 @@ class Entry:
         """Bytes the entry holds (see `footprint`)."""
         return footprint(self)
 
+    def replay_until(self) -> float:
+        """Until when the reply `reply` last made stays right byte for byte (ReplyMemo).
+
+        The TTLs drop at the next whole second of the entry's age, and the entry is fresh until `expires`.
+        """
+        next_second = self.expires - self._life + self._at + 1
+        return next_second if next_second < self.expires else self.expires
+
     def reply(self, data: bytes, qend: int, edns: int, limit: int, now: float) -> bytes:
         """This answer for the query `data`: its ID, its exact question, our TTLs.
 
@@ -355,6 +365,10 @@ class KeptTtlEntry(Entry):
         """
         return Entry.reply(self, data, qend, edns, limit, self.stored)
 
+    def replay_until(self) -> float:
+        """Its TTLs never drop: a reply stays right while the entry is fresh."""
+        return self.expires
+
 
 def footprint(entry: Entry) -> int:
     """Bytes `entry` holds: itself and every object only it refers to (sys.getsizeof).
@@ -402,6 +416,7 @@ class _CountingLRU:
         self.bytes = 0
         # For the denial LRU: _cut_key(key) -> key of a plain NXDOMAIN (see `cuts_below`).
         self.cut_index: dict[bytes, bytes] | None = None
+        self.memo: ReplyMemo | None = None  # forgets its replies whenever an entry leaves or is replaced
 
     def __len__(self) -> int:
         return len(self._data)
@@ -443,6 +458,8 @@ class _CountingLRU:
         if old is not None:
             self.bytes -= slot_size(key, old)
             data.move_to_end(key)
+            if self.memo is not None:
+                self.memo.invalidate()
         elif len(data) >= self.maxsize:
             self.popitem()
         data[key] = entry
@@ -451,6 +468,8 @@ class _CountingLRU:
     def __delitem__(self, key: bytes) -> None:
         entry = self._data.pop(key)
         self.bytes -= slot_size(key, entry)
+        if self.memo is not None:
+            self.memo.invalidate()
         if self.cut_index:  # every removal (evictions too) comes through here: no index entry outlives its entry
             self.unindex_cut(key)
 
@@ -479,6 +498,8 @@ class _CountingLRU:
     def clear(self) -> None:
         self._data.clear()
         self.bytes = 0
+        if self.memo is not None:
+            self.memo.invalidate()
         if self.cut_index:
             self.cut_index.clear()
 
@@ -501,6 +522,60 @@ class _CountingLRU:
             self.bytes -= sys.getsizeof(ck) + INDEX_SLOT_BYTES
 
 
+# ReplyMemo's bounds: queries remembered per way of arrival (VIA_*), and the longest reply it keeps.
+# About 300 bytes a typical query (key, reply, tuple, dict slot); at most ~4 MiB with every bound full.
+REPLY_MEMO_LIMIT = 1024
+REPLY_MEMO_MAX_REPLY = 512
+# What ReplyMemo maps a query to: the reply after its ID, until when it is right, the hit counters.
+Replay = tuple[bytes, float, Tally]
+
+
+class ReplyMemo:
+    """Replies of recent hits by the query's bytes after its ID, so a repeated query skips scan and lookup.
+
+    A query's bytes after the ID (flags, question as the client cased it,
+    OPT with payload and DO) and how it came (its tally index, TCP or UDP
+    size limit) decide its whole reply but the ID. So while the entry stays
+    in its cache, fresh, and its TTLs do not drop, the same query bytes get
+    the same reply bytes: `Resolver.answer` looks them up first. A replay
+    is right until `Entry.replay_until` (the next whole second of the
+    entry's age, or its expiry). The whole memo is forgotten whenever an
+    entry leaves or is replaced in any cache it watches (evictions, flushes,
+    purges, a store over a key, a success replacing a denial) and on a
+    reload, so a replay never outlives its entry. Bounded at `limit`
+    queries per way of arrival: a full map starts over. Both resets are
+    counted for the stats.
+    """
+
+    def __init__(self, limit: int = REPLY_MEMO_LIMIT) -> None:
+        self.limit = limit
+        self.by_via: tuple[dict[bytes, Replay], ...] = tuple({} for _ in range(VIAS))
+        self.invalidated = 0  # times it was forgotten because an entry left or was replaced
+        self.overflowed = 0  # times one way's map was full and started over
+
+    def __len__(self) -> int:
+        return sum(len(m) for m in self.by_via)
+
+    def keep(self, via: int, data: bytes, reply: bytes, until: float, tally: Tally) -> None:
+        """Remember `reply` (to the query `data`, which came `via`) until `until`; long replies are not kept."""
+        if len(reply) > REPLY_MEMO_MAX_REPLY:
+            return
+        m = self.by_via[via]
+        if len(m) >= self.limit:
+            m.clear()
+            self.overflowed += 1
+        m[data[2:]] = (reply[2:], until, tally)
+
+    def invalidate(self) -> None:
+        """Forget every reply: an entry left a cache or was replaced."""
+        cleared = False
+        for m in self.by_via:
+            if m:
+                m.clear()
+                cleared = True
+        self.invalidated += cleared
+
+
 class ZoneCache:
     """The success and denial caches of one zone."""
 
@@ -513,6 +588,11 @@ class ZoneCache:
         # (kind, rcode, qtype) -> hits by how they arrived; see the module notes.
         self.tallies: dict[tuple[Kind, int, int], Tally] = {}
         self.budget: MemoryBudget | None = None  # set by MemoryBudget.attach
+        self.memo: ReplyMemo | None = None  # set by `watch`: the resolver's memo of hit replies
+
+    def watch(self, memo: ReplyMemo | None) -> None:
+        """Have `memo` forgotten whenever an entry leaves or is replaced here (None: no memo, as with prefetch)."""
+        self.memo = self.success.memo = self.denial.memo = memo
 
     def tally(self, kind: Kind, rcode: int, qtype: int) -> Tally:
         """The shared hit counters for entries of this kind, rcode and qtype.

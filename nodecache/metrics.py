@@ -359,6 +359,19 @@ class AgentCollector(Collector):
         rejected.add_metric(["no_zone"], r.refused)
         rejected.add_metric(["zone_transfer"], r.transfers)
         yield rejected
+        memo = r.replies
+        yield GaugeMetricFamily(
+            "nodecache_reply_memo_queries", "Queries whose hit reply is remembered for replay by query bytes.",
+            value=len(memo),
+        )  # fmt: skip
+        resets = CounterMetricFamily(
+            "nodecache_reply_memo_resets_total",
+            "Times the reply memo was forgotten: a cache entry left or was replaced (invalidated), or it was full.",
+            labels=["reason"],
+        )
+        resets.add_metric(["invalidated"], memo.invalidated)
+        resets.add_metric(["full"], memo.overflowed)
+        yield resets
         yield CounterMetricFamily(
             "coredns_reload_failed_total", "Counter of the number of failed reload attempts.", value=self.reload_failed()
         )

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nodecache import prefetch, wire
-from nodecache.cache import Entry, Kind, MemoryBudget, ZoneCache
+from nodecache.cache import Entry, Kind, MemoryBudget, ReplyMemo, ZoneCache
 from nodecache.config import DEFAULT_MAX_PREFETCHING, STALE_REPLY_TTL, UPSTREAM_UDP_PAYLOAD, CachePolicy, Config, Zone
 from nodecache.counters import Activity, Histogram, counted_rcode, counted_type
 from nodecache.errors import UpstreamError
@@ -298,7 +298,9 @@ class Resolver:
         self._loop_probes = self.loop_check.probes  # the same dict: `answer` tests it without a hop
         self.loops = self.loop_check.loops  # "zone upstream" pairs found looping
         self.prefetching = 0  # prefetches in flight, all zones
-        self._arm_prefetch(self.zones)
+        self.replies = ReplyMemo()  # recent hits' replies by query bytes (cache.ReplyMemo)
+        self._replies = self.replies.by_via  # what `answer` reads first
+        self._arm_prefetch([*self.zones, self.local])
 
     def reconfigure(self, config: Config) -> list[ZoneRuntime]:
         """Swap in a new Config's zones; return the ZoneRuntimes no longer used.
@@ -319,6 +321,7 @@ class Resolver:
         self.budget.attach([z.cache for z in zones], config.cache_memory)
         self._by_wire = by_wire
         self._memo = {}
+        self.replies.invalidate()  # removed zones' entries, a new --max-udp-payload
         self._udp_cap = config.max_udp_payload
         self._deadline = config.answer_deadline
         self._max_waiting = config.max_waiting
@@ -347,7 +350,12 @@ class Resolver:
         """The reply for a cache hit or an error; a Query to resolve; None to drop.
 
         `via` says how the query came: bit 0 for TCP, bit 1 for IPv6 (cache.VIA_*).
+        Query bytes answered from the cache this second are replayed (cache.ReplyMemo).
         """
+        replay = self._replies[via].get(data[2:])
+        if replay is not None and self.clock() < replay[1]:  # the same query bytes as a recent hit: its reply
+            replay[2][via] += 1
+            return data[:2] + replay[0]
         try:
             q = wire.scan_query(data)
         except wire.Malformed as exc:
@@ -364,7 +372,10 @@ class Resolver:
             if now < entry.expires:
                 entry.tally[via] += 1
                 limit = TCP_LIMIT if via & 1 else (q.payload if q.payload < self._udp_cap else self._udp_cap)
-                return entry.reply(data, q.qend, q.edns, limit, now)
+                reply = entry.reply(data, q.qend, q.edns, limit, now)
+                if zone.cache.memo is not None:
+                    zone.cache.memo.keep(via, data, reply, entry.replay_until(), entry.tally)
+                return reply
         if self._loop_probes and _LOOP_WIRE in q.lname:  # only while probes are out: one truthiness test
             return self.loop_check.came_back(q)
         return q
@@ -521,6 +532,8 @@ class Resolver:
         """Give the zones with prefetch on their prefetching cache lookup (see prefetch.py); others are untouched."""
         for zone in zones:
             prefetch.arm(zone.cache, functools.partial(self._prefetch, zone))
+            # A replayed hit skips the cache's `get`, so a prefetching zone's hits must not be replayed.
+            zone.cache.watch(None if prefetch.armed(zone.cache) else self.replies)
 
     def _prefetch(self, zone: ZoneRuntime, key: bytes, entry: Entry) -> None:
         """Refresh `key` in the background, as a miss with nobody waiting (called from a hit, see prefetch.py).

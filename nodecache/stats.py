@@ -136,6 +136,9 @@ def report(
             "nxdomain_cut": sum(z["nxdomain_cut"] for z in zones),
             "held_for_sibling": sum(z["held_for_sibling"] for z in zones),
             "nxdomain_from_sibling": sum(z["nxdomain_from_sibling"] for z in zones),
+            # Hit replies replayed by query bytes (cache.ReplyMemo): held now, and how often it started over.
+            "reply_memo": {"queries": len(resolver.replies), "limit_per_transport": resolver.replies.limit,
+                           "invalidated": resolver.replies.invalidated, "overflowed": resolver.replies.overflowed},
         },
         "misses": {
             "waiting_now": resolver.waiting,
@@ -151,6 +154,14 @@ def report(
         **({"tcp": _tcp(tcp)} if tcp is not None else {}),
         **({"udp": [_udp(u) for u in udp]} if udp is not None else {}),
     }
+
+
+def _memo_line(m: dict[str, int] | None) -> list[str]:
+    """The reply memo's line of the summary (absent from an older agent's report)."""
+    if m is None:
+        return []
+    return [f"replays     {m['queries']} queries remembered (up to {m['limit_per_transport']} per transport), "
+            f"forgotten {m['invalidated']} times as entries left, {m['overflowed']} times full"]
 
 
 def _udp(u: UdpSocketStats) -> dict[str, Any]:
@@ -268,6 +279,7 @@ def render(r: dict[str, Any]) -> str:
         f"{c['stale_served']} stale served, {c['prefetches']} prefetches ({c.get('prefetches_refused', 0)} refused), "
         f"{c['coalesced']} coalesced, {c.get('nxdomain_cut', 0)} NXDOMAIN cuts, "
         f"{c.get('held_for_sibling', 0)} held for A/AAAA ({c.get('nxdomain_from_sibling', 0)} answered NXDOMAIN)",
+        *_memo_line(c.get("reply_memo")),
         f"rejected    {q['refused_no_zone']} outside every zone, {q['malformed']} malformed, {q['dropped']} dropped, "
         f"{q.get('zone_transfer_refused', 0)} zone transfers",
         f"misses      {r['misses']['waiting_now']} waiting now; answered early (stale or SERVFAIL): "

@@ -128,9 +128,9 @@ async def test_a_query_too_large_for_a_batch_slot_is_dropped_and_counted(upstrea
     async with running(make_config([f"127.0.0.1:{upstream.port}"])) as srv:
         port = srv.bound[0][1]
         padded = query(NAMES[0], "A", qid=7) + bytes(UDP_BATCH_DATAGRAM)  # trailing bytes past the slot
-        assert await ask_udp(port, padded, timeout=0.5) is None  # read by recvmmsg, a batch of one ...
-        assert await ask_udp(port, query(NAMES[0], "A", qid=8)) is not None  # ... so quiet: recvfrom next
-        assert await ask_udp(port, padded, timeout=0.5) is None  # dropped by recvfrom's reading too
+        assert await ask_udp(port, padded, timeout=0.5) is None  # read by recvmmsg, cut by the slot: dropped
+        assert await ask_udp(port, query(NAMES[0], "A", qid=8)) is not None
+        assert await ask_udp(port, padded, timeout=0.5) is None  # every time
         assert await ask_udp(port, query(NAMES[0], "A", qid=9)) is not None
         (udp,) = srv.listeners.udp_stats()
         assert (udp.truncated, udp.batched, srv.resolver.dropped) == (2, True, 2)
