@@ -18,6 +18,7 @@ from dnslib import QTYPE, RCODE, DNSRecord
 from nodecache import wire
 from nodecache.config import STALE_REPLY_TTL, CachePolicy, Config
 from nodecache.resolver import Resolver
+from nodecache.server import GC_YOUNG_THRESHOLD, settle_gc
 from tests.conftest import ask_udp, make_config, running, with_zone
 from tests.support.fakeupstream import Behaviour, FakeUpstream
 
@@ -240,3 +241,15 @@ async def test_answered_misses_leave_no_reference_cycles_for_the_garbage_collect
         resolver.close()
     assert all(DNSRecord.parse(r).header.rcode == RCODE.NOERROR for r in done)
     assert garbage < len(names), f"{garbage} objects left in cycles by {len(names)} misses"
+
+
+def test_the_agent_process_freezes_its_startup_objects_and_collects_young_objects_rarely() -> None:
+    saved = gc.get_threshold()
+    try:
+        settle_gc()
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD > saved[0]
+        assert gc.get_threshold()[1:] == saved[1:]
+        assert gc.get_freeze_count() > 1000  # at least the modules' functions
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)
