@@ -719,8 +719,8 @@ class MemoryBudget:
 
     @property
     def used(self) -> int:
-        """Bytes held by every governed cache."""
-        return sum(c.bytes for c in self.caches)
+        """Bytes held by every governed cache (read on every store: no property call, no generator)."""
+        return sum([c.success.bytes + c.denial.bytes for c in self.caches])
 
     def make_room(self, size: int) -> None:
         """Evict until `size` more bytes fit within the limit (or nothing is left to evict)."""
