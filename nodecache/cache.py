@@ -204,8 +204,15 @@ class Entry:
         self.tally: Tally = [0] * VIAS  # replaced by the zone's shared tally when stored
         # Served TTLs never exceed what the cache itself keeps: a client must
         # not hold a record longer than we would.
-        self._ttls = _share(wire.pack_ttls(scan.ttl_offsets, [t if t < ttl_cap else ttl_cap for t in scan.ttls]))
-        self._body = wire.with_packed_ttls(scan.body, self._ttls, 0)
+        ttls = scan.ttls
+        if ttls and max(ttls) < ttl_cap and 0 not in ttls:
+            # The common case: no TTL above the cap, none read as 0 (a zero, or the top bit set, which the
+            # body still has): the body already says what a client may be told, and is kept as it came.
+            self._ttls = _share(wire.pack_ttls(scan.ttl_offsets, ttls))
+            self._body = scan.body
+        else:
+            self._ttls = _share(wire.pack_ttls(scan.ttl_offsets, [t if t < ttl_cap else ttl_cap for t in ttls]))
+            self._body = wire.with_packed_ttls(scan.body, self._ttls, 0)
         self._at = 0
         flags2 = wire.RA | (scan.flags & (wire.CD | 0x0F))
         if do:
