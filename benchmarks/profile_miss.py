@@ -30,13 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib as bl  # noqa: E402  (needs the path above)
 import contenders  # noqa: E402
-from profile_hit import LAUNCHER, RESULTS_DIR, stop_agent, wait_for, where  # noqa: E402
+from profile_hit import LAUNCHER, RESULTS_DIR, stop_agent, stop_processes, wait_for, where  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--queries", type=int, default=30_000, help="unique names asked (one miss each)")
+    p.add_argument("--rate", type=int, default=None, help="offer this many q/s (dnsperf -Q) instead of saturating")
     p.add_argument("--udp", action="store_true", help="forward the cluster zone over UDP (prefer_udp)")
     p.add_argument("--no-profile", action="store_true", help="run without cProfile: CPU per miss only")
     p.add_argument("--perf", type=Path, default=None,
@@ -90,7 +91,8 @@ def main() -> int:
             recorder = subprocess.Popen(["perf", "record", "-q", "-o", str(args.perf), "-p", str(agent.pid)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         user0, sys0 = user_system(agent.pid)
-        res = bl.run_dnsperf(data, port, workdir, "profile-miss", bl.DnsperfOptions(), max_runs=1, cpu=load_cpu)
+        res = bl.run_dnsperf(data, port, workdir, "profile-miss", bl.DnsperfOptions(), max_runs=1, cpu=load_cpu,
+                             rate=args.rate)
         user1, sys1 = user_system(agent.pid)
         user, system = user1 - user0, sys1 - sys0
         if recorder is not None:
@@ -102,10 +104,7 @@ def main() -> int:
         stop_agent(agent, out, "phase")
         agent = None
     finally:
-        if agent is not None:
-            agent.stop()
-        if upstream is not None:
-            upstream.stop()
+        stop_processes(agent, upstream)
         shutil.rmtree(workdir, ignore_errors=True)
     for marker in (Path(f"{out}.recording"), Path(f"{out}.done")):
         marker.unlink(missing_ok=True)
