@@ -138,7 +138,8 @@ def rows(rep: dict) -> list[Row]:
 
 
 def _all_held(rep: dict) -> Target:
-    capacity = rep.get("contenders", {}).get(NODECACHE, {}).get("fill", {}).get("capacity")
+    nodecache = (rep.get("contenders") or {}).get(NODECACHE) or {}
+    capacity = (nodecache.get("fill") or {}).get("capacity")  # None when no fill ran (--workload without fill)
     if not capacity:
         return Target("every cache full", lambda v, o: False)
     return Target(f"{capacity:,} (full)", lambda v, o: v >= capacity)

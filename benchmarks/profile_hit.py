@@ -127,10 +127,7 @@ def main() -> int:
         findings.update(stop_agent(agent, out, args.mode))
         agent = None
     finally:
-        if agent is not None:
-            agent.stop()
-        if upstream is not None:
-            upstream.stop()
+        stop_processes(agent, upstream)
         if args.keep:
             print(f"kept temporary directory: {workdir}")
         else:
@@ -142,6 +139,14 @@ def main() -> int:
         print(f"\nno profile was written ({out.name}); see the agent's exit above")
         return 1
     return report(out, args, findings)
+
+
+def stop_processes(agent: bl.ManagedProcess | None, upstream) -> None:
+    """Stop what a profiling run started (the agent, then NSD), whichever got started."""
+    if agent is not None:
+        agent.stop()
+    if upstream is not None:
+        upstream.stop()
 
 
 def upstream_queries(nsd) -> int | None:

@@ -56,7 +56,10 @@ LRU_SLOT_BYTES = 75
 INDEX_SLOT_BYTES = 30  # a plain dict's slot (the NXDOMAIN index), likewise at 9,984 keys (30 to 59 as it grows)
 MAX_SHARED = 4096
 _shared: dict[object, object] = {}
+# Sizes as sys.getsizeof gives them, computed once: `footprint` runs twice a miss (store, eviction).
 _FLOAT_BYTES = sys.getsizeof(0.0)
+_BYTES_HEAD = sys.getsizeof(b"")  # a bytes object is this plus its length
+_OWN_SHAPE_BYTES = sys.getsizeof((0,) * 7) + 4 * (_BYTES_HEAD + wire.HEADER_LEN - 2) + _BYTES_HEAD + wire.OPT_LEN
 # An entry's shared part: four headers, the OPT record, the stale window, the kind (see Entry.__init__).
 Shape = tuple[bytes, bytes, bytes, bytes, bytes, int, "Kind | None"]
 _T = TypeVar("_T", bytes, Shape)
@@ -216,23 +219,29 @@ class Entry:
         self.tally: Tally = [0] * VIAS  # replaced by the zone's shared tally when stored
         # Served TTLs never exceed what the cache itself keeps: a client must
         # not hold a record longer than we would.
-        self._ttls = _share(wire.pack_ttls(scan.ttl_offsets, [t if t < ttl_cap else ttl_cap for t in scan.ttls]))
-        self._body = wire.with_packed_ttls(scan.body, self._ttls, 0)
+        ttls = scan.ttls
+        if ttls and max(ttls) < ttl_cap and 0 not in ttls:
+            # The common case: no TTL above the cap, none read as 0 (a zero, or the top bit set, which the
+            # body still has): the body already says what a client may be told, and is kept as it came.
+            self._ttls = _share(wire.pack_ttls(scan.ttl_offsets, ttls))
+            self._body = scan.body
+        else:
+            self._ttls = _share(wire.pack_ttls(scan.ttl_offsets, [t if t < ttl_cap else ttl_cap for t in ttls]))
+            self._body = wire.with_packed_ttls(scan.body, self._ttls, 0)
         self._at = 0
-        flags1 = wire.QR  # AA off: a cached answer is not authoritative (as CoreDNS)
         flags2 = wire.RA | (scan.flags & (wire.CD | 0x0F))
         if do:
             flags2 |= scan.flags & wire.AD
-        counts = (0, 1, scan.answers >> 8, scan.answers & 0xFF, scan.authority >> 8, scan.authority & 0xFF)
-        ar = scan.additional
-        heads = [
-            bytes((flags1 | (i & 1), flags2, *counts, (ar + (i >> 1)) >> 8, (ar + (i >> 1)) & 0xFF)) for i in range(4)
-        ]
-        # Four header variants, indexed by (client RD bit) | (client sent OPT) << 1; the OPT record
-        # (whose extended rcode and the header's make `rcode`); the stale window, for `stale_until`;
-        # the kind (the headers already differ by it, so sharing it splits no shape).
-        opt = wire.opt_record(payload, do, scan.rcode >> 4)
-        self._shape: Shape = _share((heads[0], heads[1], heads[2], heads[3], opt, stale, kind))
+        # What the shape is made from, as its key in the shared table: a miss finds its entry's shape
+        # with one lookup instead of building five bytes objects and hashing them. The kind rides along
+        # (the headers already differ by it, so sharing it splits no shape).
+        made_of = (flags2, scan.answers, scan.authority, scan.additional, payload, do, scan.rcode >> 4, stale, kind)
+        shape = _shared.get(made_of)
+        if shape is None:
+            shape = _share(_make_shape(*made_of))
+            if len(_shared) < MAX_SHARED and _is_shared(shape):
+                _shared[made_of] = shape
+        self._shape: Shape = shape  # type: ignore[assignment]
         self._rare: Rare | None = None
 
     @property
@@ -350,6 +359,18 @@ class Entry:
         return end, (bytes((flags1, h[1], *counts)), bytes((flags1 | wire.RD, h[1], *counts)))
 
 
+def _make_shape(
+    flags2: int, an: int, ns: int, ar: int, payload: int, do: bool, ext_rcode: int, stale: int, kind: Kind | None
+) -> Shape:
+    """An entry's shared part: four header variants, indexed by (client RD bit) | (client sent OPT) << 1;
+    the OPT record (whose extended rcode and the header's make `rcode`); the stale window, for `stale_until`;
+    the kind."""
+    flags1 = wire.QR  # AA off: a cached answer is not authoritative (as CoreDNS)
+    counts = (0, 1, an >> 8, an & 0xFF, ns >> 8, ns & 0xFF)
+    h = [bytes((flags1 | (i & 1), flags2, *counts, (ar + (i >> 1)) >> 8, (ar + (i >> 1)) & 0xFF)) for i in range(4)]
+    return (h[0], h[1], h[2], h[3], wire.opt_record(payload, do, ext_rcode), stale, kind)
+
+
 class KeptTtlEntry(Entry):
     """An entry of a zone with `keepttl` (CoreDNS): replayed with its TTLs as stored, never counted down.
 
@@ -382,13 +403,11 @@ def footprint(entry: Entry) -> int:
     computed again when the entry leaves. `Rare` fields (prefetch's counts,
     truncation points), made after the entry is stored, are not counted.
     """
-    size = sys.getsizeof
-    total = size(entry) + size(entry._body) + _FLOAT_BYTES
+    total = sys.getsizeof(entry) + _BYTES_HEAD + len(entry._body) + _FLOAT_BYTES
     if not _is_shared(entry._ttls):
-        total += size(entry._ttls)
-    shape = entry._shape
-    if not _is_shared(shape):
-        total += size(shape) + sum(size(shape[i]) for i in range(5))
+        total += _BYTES_HEAD + len(entry._ttls)
+    if not _is_shared(entry._shape):
+        total += _OWN_SHAPE_BYTES
     return total
 
 
@@ -453,6 +472,10 @@ class _CountingLRU:
                 yield key, entry
 
     def __setitem__(self, key: bytes, entry: Entry) -> None:
+        self.add(key, entry, slot_size(key, entry))
+
+    def add(self, key: bytes, entry: Entry, size: int) -> None:
+        """`self[key] = entry` with its `slot_size` already known (the memory budget needed it first)."""
         data = self._data
         old = data.get(key)
         if old is not None:
@@ -463,7 +486,7 @@ class _CountingLRU:
         elif len(data) >= self.maxsize:
             self.popitem()
         data[key] = entry
-        self.bytes += slot_size(key, entry)
+        self.bytes += size
 
     def __delitem__(self, key: bytes) -> None:
         entry = self._data.pop(key)
@@ -730,7 +753,10 @@ class ZoneCache:
                 del lru[key]
             elif len(lru) >= lru.maxsize:
                 lru.popitem()  # a capacity eviction, counted as such
-            budget.make_room(slot_size(key, entry))
+            size = slot_size(key, entry)
+            budget.make_room(size)
+            lru.add(key, entry, size)
+            return
         lru[key] = entry
 
     def purge(self) -> int:
@@ -811,8 +837,8 @@ class MemoryBudget:
 
     @property
     def used(self) -> int:
-        """Bytes held by every governed cache."""
-        return sum(c.bytes for c in self.caches)
+        """Bytes held by every governed cache (read on every store: no property call, no generator)."""
+        return sum([c.success.bytes + c.denial.bytes for c in self.caches])
 
     def make_room(self, size: int) -> None:
         """Evict until `size` more bytes fit within the limit (or nothing is left to evict)."""

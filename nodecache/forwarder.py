@@ -102,18 +102,8 @@ class Forwarder:
         if self.inflight >= self.policy.max_concurrent:
             self.rejected += 1
             raise Overloaded(f"{self.inflight} queries already in flight (max_concurrent)")
-        question = lname + qtc
-
-        def build(qid: int) -> bytes:
-            return wire.make_query(qid, question, do, cd, UPSTREAM_UDP_PAYLOAD)
-
-        def plain(qid: int) -> bytes:
-            return wire.make_query(qid, question, do, cd, UPSTREAM_UDP_PAYLOAD, edns=False)
-
-        def check(msg: bytes) -> wire.ReplyScan:
-            return wire.scan_reply(msg, lname, qtc)
-
-        return Exchange(self, build, check, plain, done)
+        ask = _Question(lname, qtc, do, cd)
+        return Exchange(self, ask.build, ask.check, ask.plain, done)
 
     async def query(self, lname: bytes, qtc: bytes, do: bool, cd: bool) -> tuple[bytes, wire.ReplyScan, Upstream]:
         """`fetch`, awaited: ask until one server gives a usable reply; raise UpstreamError if none does."""
@@ -153,6 +143,30 @@ class Forwarder:
         for up in self.upstreams:
             up.close()
         self.timers.close()
+
+
+class _Question:
+    """What one exchange asks and how it checks a reply: one object a miss, where three closures
+    and their cells were a dozen (Exchange holds its bound methods)."""
+
+    __slots__ = ("lname", "qtc", "question", "do", "cd")
+
+    def __init__(self, lname: bytes, qtc: bytes, do: bool, cd: bool) -> None:
+        self.lname = lname
+        self.qtc = qtc
+        self.question = lname + qtc
+        self.do = do
+        self.cd = cd
+
+    def build(self, qid: int) -> bytes:
+        return wire.make_query(qid, self.question, self.do, self.cd, UPSTREAM_UDP_PAYLOAD)
+
+    def plain(self, qid: int) -> bytes:
+        """The query without EDNS (RFC 6891 7)."""
+        return wire.make_query(qid, self.question, self.do, self.cd, UPSTREAM_UDP_PAYLOAD, edns=False)
+
+    def check(self, msg: bytes) -> wire.ReplyScan:
+        return wire.scan_reply(msg, self.lname, self.qtc)
 
 
 class Exchange:

@@ -629,6 +629,10 @@ class Resolver:
 
     def _landed(self, flight: Flight, entry: Entry | None, exc: BaseException | None) -> None:
         """The upstream answered (or failed): answer every waiter; the next miss asks again."""
+        # The exchange's `done` holds this flight: dropping the link back ends the cycle, so the pair
+        # (and all they hold: about 20 objects a miss) is freed at once by reference counting rather
+        # than by the cyclic GC, which cost a sixth of a miss's CPU when it had to (docs/performance.md).
+        flight.exchange = None
         if self._inflight.get(flight.key) is flight:
             del self._inflight[flight.key]
         if flight.prefetch:

@@ -11,6 +11,7 @@ node's interface and rules (node.py).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -33,6 +34,11 @@ __all__ = ["DRAIN_TIMEOUT", "MAX_TOP", "PURGE_INTERVAL", "TICK_INTERVAL", "Serve
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT = 3.0  # seconds in-flight misses get to finish at shutdown
+# The cyclic GC's youngest-generation threshold (CPython's default is 700). Its counter saturates with
+# the live objects of a burst (a batch of 64 queries, 100 misses in flight), so at 700 it ran a collection
+# every ~50 misses, 0.3 ms each: 6 us a miss. The miss path leaves no cycles to collect, so collecting
+# rarely loses nothing: at 5,000, 50,000 saturated misses ran 4 collections instead of 900.
+GC_YOUNG_THRESHOLD = 5_000
 
 
 class Server:
@@ -200,7 +206,22 @@ def run(config: Config, rebuild: Callable[[], Config] | None = None, watch: Sequ
 
     `rebuild` re-reads the configuration on SIGHUP or when a `watch`ed path changes.
     """
+    settle_gc()
     _run_on_loop(Server(config, rebuild, watch).serve(), config.loop)
+
+
+def settle_gc() -> None:
+    """Keep the cyclic GC off the per-query cost, once the modules and the configuration are loaded.
+
+    Frozen, the startup objects (modules, functions, the config: about 30,000) are never traversed
+    again; each full collection then walks only what the agent made since (cache entries, mostly),
+    a fifth of the time. And the young generation is collected rarely (GC_YOUNG_THRESHOLD). Nothing
+    is kept alive by this: frozen objects are still freed when their last reference goes.
+    """
+    gc.collect()
+    gc.freeze()
+    _young, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def _run_on_loop(coro: Coroutine[Any, Any, None], choice: str) -> None:

@@ -270,3 +270,14 @@ def test_the_bench_upstream_answers_every_fill_name_yes_or_no_as_the_fill_expect
                 reply = DNSRecord.parse(wire)
                 assert reply.header.rcode == (RCODE.NOERROR if positive else RCODE.NXDOMAIN), (name, qtype)
                 assert bool(reply.rr) == positive, (name, qtype)
+
+
+def test_a_run_without_the_fill_still_renders_its_miss_rows() -> None:
+    """`run.py --workload miss` alone: no fill figures (None), the table still comes out."""
+    rep = passing_report()
+    for contender in rep["contenders"].values():
+        contender["fill"] = None
+    text = br.markdown(rep, "results.json")
+    assert MISS_QPS in text
+    assert br.verdicts(rep)[MISS_QPS] == br.PASS
+    assert br.verdicts(rep)[ENTRIES] == br.NA  # nothing to judge

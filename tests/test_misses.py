@@ -8,6 +8,7 @@ for a loaded machine, never exact values.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import tracemalloc
 from dataclasses import replace
@@ -17,6 +18,7 @@ from dnslib import QTYPE, RCODE, DNSRecord
 from nodecache import wire
 from nodecache.config import STALE_REPLY_TTL, CachePolicy, Config
 from nodecache.resolver import Resolver
+from nodecache.server import GC_YOUNG_THRESHOLD, settle_gc
 from tests.conftest import ask_udp, make_config, running, with_zone
 from tests.support.fakeupstream import Behaviour, FakeUpstream
 
@@ -208,3 +210,46 @@ async def test_an_expired_denial_is_served_stale_too(upstream: FakeUpstream) -> 
         stale, took = await timed(port, query("missing.default.svc.cluster.local", 2))
     assert first.header.rcode == stale.header.rcode == RCODE.NXDOMAIN
     assert [QTYPE[r.rtype] for r in stale.auth] == ["SOA"] and took < DEADLINE + 0.4
+
+
+async def test_answered_misses_leave_no_reference_cycles_for_the_garbage_collector(upstream: FakeUpstream) -> None:
+    """A miss's objects are freed by reference counting as it lands: the cyclic GC, which runs
+    over the whole heap, costs CPU on every miss it has to clean up after."""
+    resolver = Resolver(config(upstream))
+    done: list[bytes] = []
+    landed = asyncio.Event()
+    names = [f"n{i}.wild.cluster.local" for i in range(50)]
+
+    def deliver(_token: object, reply: bytes, _outcome: str) -> None:
+        done.append(reply)
+        if len(done) == len(names):
+            landed.set()
+
+    gc.collect()
+    gc.disable()
+    try:
+        for i, name in enumerate(names):
+            data = query(name, i)
+            q = resolver.answer(data, 0)
+            assert isinstance(q, wire.Query)
+            resolver.submit(data, q, 0, deliver, None)
+        await asyncio.wait_for(landed.wait(), 5.0)
+        await asyncio.sleep(0)
+        garbage = gc.collect()
+    finally:
+        gc.enable()
+        resolver.close()
+    assert all(DNSRecord.parse(r).header.rcode == RCODE.NOERROR for r in done)
+    assert garbage < len(names), f"{garbage} objects left in cycles by {len(names)} misses"
+
+
+def test_the_agent_process_freezes_its_startup_objects_and_collects_young_objects_rarely() -> None:
+    saved = gc.get_threshold()
+    try:
+        settle_gc()
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD > saved[0]
+        assert gc.get_threshold()[1:] == saved[1:]
+        assert gc.get_freeze_count() > 1000  # at least the modules' functions
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)
