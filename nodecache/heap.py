@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import time
 from collections.abc import Callable
+from typing import Any
 
 BURST_MISSES = 1000  # misses since the last trim that make one worthwhile (about 1 MiB of transients)
 QUIET_MISSES = 100  # misses in the last second at or below which a burst counts as over
@@ -56,13 +57,17 @@ class HeapTrimmer:
         self._last_misses = 0
         self._pending = 0  # misses since the last trim
         self._trimmed_at: float | None = None
-        self.trims = 0  # trims done (not yet in `nodecache stats`)
-        self.trim_seconds = 0.0  # the time they took, summed
+        self.trims = 0  # trims done (`nodecache stats`, nodecache_heap_trims_total)
+        self.trim_seconds = 0.0  # the time they took, summed: the event loop stalls while a trim runs
 
     @property
     def available(self) -> bool:
         """Whether this C library can trim (glibc can, musl cannot)."""
         return self._trim is not None
+
+    def counts(self) -> dict[str, Any]:
+        """What `nodecache stats` and the metrics show: trims so far, their time, whether this libc can trim."""
+        return {"trims": self.trims, "seconds": round(self.trim_seconds, 6), "available": self.available}
 
     def tick(self, misses: int) -> bool:
         """Called each second with the misses so far; trims when a burst is over. True if it trimmed."""

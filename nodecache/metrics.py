@@ -28,7 +28,7 @@ times the mean duration of the hits the listeners sampled (Resolver.tick).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -87,8 +87,10 @@ class AgentCollector(Collector):
         tcp: TcpClients | None = None,
         handover: Callable[[], Mapping[str, int]] = dict,
         udp: Callable[[], list[UdpSocketStats]] = list,
+        heap: Callable[[], Mapping[str, Any]] = dict,
     ) -> None:
         self.resolver = resolver
+        self.heap = heap  # heap trims after miss bursts (heap.HeapTrimmer.counts), read at scrape time
         self.handover = handover  # cache dumps and loads (handover.Counts as a dict), operator_endpoints.py
         self.server = server
         self.setup_errors = setup_errors
@@ -103,6 +105,7 @@ class AgentCollector(Collector):
         yield from self._agent()
         yield from self._tcp()
         yield from self._handover()
+        yield from self._heap()
         yield from self._udp()
 
     def _handover(self) -> Iterator[Metric]:
@@ -119,6 +122,19 @@ class AgentCollector(Collector):
             "nodecache_cache_handover_failed_total",
             "Startups that got no cache from a live agent (none, hung, or a dump that did not load).",
             value=counts.get("failed", 0),
+        )
+
+    def _heap(self) -> Iterator[Metric]:
+        counts = self.heap()
+        yield CounterMetricFamily(
+            "nodecache_heap_trims_total",
+            "Times freed heap was given back to the kernel (malloc_trim) after a burst of misses.",
+            value=counts.get("trims", 0),
+        )
+        yield CounterMetricFamily(
+            "nodecache_heap_trim_seconds_total",
+            "Time spent giving freed heap back to the kernel; the event loop waits while it runs.",
+            value=counts.get("seconds", 0.0),
         )
 
     def _dns(self) -> Iterator[Metric]:

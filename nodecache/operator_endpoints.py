@@ -49,6 +49,7 @@ class OperatorEndpoints:
         reload_failed: Callable[[], int],
         started: float,
         udp: Callable[[], list[UdpSocketStats]] = list,
+        heap: Callable[[], Mapping[str, Any]] = dict,
     ) -> None:
         self.config = config  # the one at startup: these addresses change only with a restart
         self.resolver = resolver
@@ -60,6 +61,7 @@ class OperatorEndpoints:
         self.started = started
         self.handover = handover.Counts()  # cache dumps and loads, this agent's life (`nodecache stats`)
         self.udp = udp  # the listening UDP sockets' buffers and drops, read when asked
+        self.heap = heap  # heap trims after miss bursts (heap.HeapTrimmer.counts), read when asked
         self.control: ControlServer | None = None
         self.http: list[HttpEndpoint] = []
         self._registry: CollectorRegistry | None = None  # made on the first scrape (see `_metrics`)
@@ -112,7 +114,7 @@ class OperatorEndpoints:
         if self._registry is None:
             collector = AgentCollector(
                 self.resolver, self.server_label, self.setup_errors, self.reload_failed, tcp=self.tcp,
-                handover=lambda: vars(self.handover), udp=self.udp,
+                handover=lambda: vars(self.handover), udp=self.udp, heap=self.heap,
             )
             self._registry = registry(collector)
         return 200, CONTENT_TYPE, exposition(self._registry)
@@ -134,7 +136,7 @@ class OperatorEndpoints:
         ready, why = self.readiness.state()
         return report(
             self.resolver, started=self.started, listen=list(self.bound()), ready=ready, not_ready=why, top=top,
-            tcp=self.tcp, handover=vars(self.handover), udp=self.udp(),
+            tcp=self.tcp, handover=vars(self.handover), udp=self.udp(), heap=dict(self.heap()),
         )  # fmt: skip
 
     def flush(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -61,7 +61,7 @@ class Server:
         self.operator = OperatorEndpoints(
             config, self.resolver, self.tcp, self.readiness, lambda: self.bound,
             lambda: self.node.setup_errors if self.node is not None else {}, lambda: self.reloader.failed,
-            self.started, udp=self.listeners.udp_stats,
+            self.started, udp=self.listeners.udp_stats, heap=self.periodic.heap.counts,
         )  # fmt: skip
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()

@@ -76,6 +76,7 @@ def report(
     tcp: TcpClients | None = None,
     handover: dict[str, int] | None = None,
     udp: list[UdpSocketStats] | None = None,
+    heap: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything `nodecache stats` shows, as JSON-ready data. `started` is a time.monotonic() value."""
     zones = [_zone(z) for z in resolver.zones]
@@ -147,6 +148,7 @@ def report(
         },
         "zones": zones,
         "handover": handover,  # cache dumps and loads (handover.Counts), None when not reported
+        "heap": heap,  # freed heap given back after miss bursts (heap.HeapTrimmer.counts), None when not reported
         "upstreams": upstreams,
         "top_names": [{"name": name_text(k), "queries": n} for k, n in a.names.top(top)],  # type: ignore[arg-type]
         "top_clients": [{"client": str(k), "queries": n} for k, n in a.clients.top(top)],
@@ -243,6 +245,14 @@ def _handover_line(h: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _heap_line(h: dict[str, Any] | None) -> list[str]:
+    if not h:
+        return []
+    if not h["available"]:
+        return ["heap        not trimmed: this C library has no malloc_trim (freed memory stays resident after bursts)"]
+    return [f"heap        {h['trims']} trims after miss bursts, {h['seconds'] * 1000:.1f} ms in all (the loop waits on each)"]
+
+
 def _udp_lines(sockets: list[dict[str, Any]] | None) -> list[str]:
     return [
         f"udp         {u['listener']} {'batched' if u['batched'] else 'one at a time'}, buffers "
@@ -287,6 +297,7 @@ def render(r: dict[str, Any]) -> str:
         f"{early['waiting_cap']} over the waiting caps",
         *_tcp_line(r.get("tcp")),
         *_handover_line(r.get("handover")),
+        *_heap_line(r.get("heap")),
         *_udp_lines(r.get("udp")),
         "",
         f"{'zone':<22} {'queries':>9} {'hits':>9} {'misses':>8} {'ratio':>7} {'success':>8} {'denial':>7} "

@@ -33,7 +33,8 @@ SVC = "kubernetes.default.svc.cluster.local"
 WEB = "web.default.svc.cluster.local"
 WILD = "a.wild.cluster.local"
 STATS_KEYS = {"schema", "version", "uptime_seconds", "ready", "not_ready_because", "listen", "queries", "cache",
-              "zones", "upstreams", "top_names", "top_clients", "sampling", "misses", "tcp", "handover", "udp"}  # fmt: skip
+              "zones", "upstreams", "top_names", "top_clients", "sampling", "misses", "tcp", "handover", "heap",
+              "udp"}  # fmt: skip
 NOBODY = 65534
 
 
