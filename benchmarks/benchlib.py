@@ -196,6 +196,11 @@ def memory_kib(pid: int) -> dict[str, int]:
 RSS_SAMPLE_S = 0.25
 RSS_STABLE_S = 1.0
 RSS_SETTLE_MAX_S = 5.0
+#: After the fill: what a server keeps once the burst is over (nodecache gives freed heap back a second
+#: or two after its misses stop; see nodecache/heap.py), not a transient of the burst. The peak is
+#: reported apart (VmHWM).
+RSS_AFTER_BURST_STABLE_S = 3.0
+RSS_AFTER_BURST_MAX_S = 10.0
 
 
 def udp_port_bound(port: int) -> bool:
@@ -224,16 +229,17 @@ def wait_bound(port: int, proc: ManagedProcess, timeout: float = 20.0) -> None:
     raise RuntimeError(f"{proc.name} did not bind UDP port {port} within {timeout:.0f}s\n{proc.log_tail()}")
 
 
-def settled_rss_kib(pid: int) -> int:
-    """RSS (KiB, process tree) once it has stopped changing: a started server finishing its setup."""
+def settled_rss_kib(pid: int, stable_s: float = RSS_STABLE_S, max_s: float = RSS_SETTLE_MAX_S) -> int:
+    """RSS (KiB, process tree) once it has not changed for `stable_s` (at most `max_s`): a started
+    server finishing its setup, or a filled one settling after the burst."""
     last, stable_since = -1, time.monotonic()
-    deadline = stable_since + RSS_SETTLE_MAX_S
+    deadline = stable_since + max_s
     while True:
         now_rss = memory_kib(pid)["VmRSS"]
         now = time.monotonic()
         if now_rss != last:
             last, stable_since = now_rss, now
-        elif now - stable_since >= RSS_STABLE_S or now >= deadline:
+        elif now - stable_since >= stable_s or now >= deadline:
             return now_rss
         time.sleep(RSS_SAMPLE_S)
 

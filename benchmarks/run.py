@@ -323,7 +323,8 @@ def fill_cache(r: Running, zones: tuple[fillzones.FillZone, ...], opts: bl.Dnspe
     entries = r.contender.cache_entries(r.slot) or {}
     r.fill = {"asked": asked, "seconds": round(time.monotonic() - t0, 1), "qps": res.qps,
               "lost_by_dnsperf": res.lost, "unanswered": len(lost), "rcodes": res.rcodes,
-              "rss_kib": bl.settled_rss_kib(r.proc.pid), **entries}
+              "rss_kib": bl.settled_rss_kib(r.proc.pid, bl.RSS_AFTER_BURST_STABLE_S, bl.RSS_AFTER_BURST_MAX_S),
+              **entries}
     bl.log(f"  {res.qps:,.0f} q/s, lost {res.lost} (unanswered after retries: {len(lost)}), "
            f"RSS {r.fill['rss_kib'] / 1024:.1f} MiB, entries {entries or 'unknown'}")
 
