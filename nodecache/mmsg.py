@@ -68,7 +68,7 @@ _scope = struct.Struct("=I")  # sin6_scope_id, in host order
 
 def _libc() -> Any:
     try:
-        lib = ctypes.CDLL(None, use_errno=True)  # the process's own libc, glibc or musl
+        lib = ctypes.PyDLL(None, use_errno=True)  # the process's own libc, glibc or musl
         lib.recvmmsg, lib.sendmmsg  # noqa: B018  (both must exist)
     except (OSError, AttributeError):
         return None
@@ -76,6 +76,9 @@ def _libc() -> Any:
     # one-query batch's Python. Ints (fd, count, flags) go as Python ints, which ctypes passes as
     # C int without looking up a type; the vectors as the ctypes arrays themselves (passed by
     # address), or as c_void_p (a bare Python int would be cut to a 32-bit int). restype: int.
+    # PyDLL rather than CDLL: the call keeps the GIL instead of releasing and taking it again
+    # (~400 instructions a call). Both calls are non-blocking (MSG_DONTWAIT), so no other
+    # thread waits on them for longer than the system call itself.
     return lib
 
 
@@ -130,8 +133,8 @@ class Batch:
                 h.msg_iov, h.msg_iovlen = ctypes.addressof(iov) + i * _IOV, 1
         self._hdr_in_at = ctypes.addressof(self._hdr_in)
         self._hdr_out_at = ctypes.addressof(self._hdr_out)
-        self._in_view = memoryview(self._in_map)
-        self._out_view = memoryview(self._out_map)
+        # Datagrams are read and replies written by slicing the mappings themselves: an mmap slice
+        # is bytes at once, where a memoryview slice is one more object before its tobytes().
         self._names_view = memoryview(self._names).cast("B")
         self._iov_out_view = memoryview(self._iov_out).cast("B")
         # The receive vector's msg_len fields, all read with one unpack.
@@ -170,9 +173,9 @@ class Batch:
             if length > size:
                 self.truncated += 1
                 return [b""]
-            return [self._in_view[:length].tobytes()]
+            return [self._in_map[:length]]
         self.received += n
-        view = self._in_view
+        data = self._in_map
         lengths = self._lengths[n].unpack_from(self._hdr_in_view)
         out = []
         for i in range(n):
@@ -181,7 +184,7 @@ class Batch:
                 self.truncated += 1
                 out.append(b"")
             else:
-                out.append(view[i * size : i * size + length].tobytes())
+                out.append(data[i * size : i * size + length])
         return out
 
     def peer(self, i: int) -> tuple[Any, ...]:
@@ -199,7 +202,7 @@ class Batch:
         replies = self.replies
         size = self.reply
         out = 0
-        view, iov, names = self._out_view, self._iov_out_view, self._names_view
+        slots, iov, names = self._out_map, self._iov_out_view, self._names_view
         for i in range(n):
             r = replies[i]
             if r is None:
@@ -211,7 +214,7 @@ class Batch:
                 continue
             if out != i:  # an earlier slot had no reply: move this peer's address down to the send slot
                 names[out * _SOCKADDR : (out + 1) * _SOCKADDR] = names[i * _SOCKADDR : (i + 1) * _SOCKADDR]
-            view[out * size : out * size + length] = r
+            slots[out * size : out * size + length] = r
             _set_size(iov, out * _IOV + _IOV_LEN_AT, length)
             out += 1
         self._flush(out)
@@ -222,7 +225,7 @@ class Batch:
         if length > self.reply:
             self.sendto(reply, self.peer(0))
             return
-        self._out_view[:length] = reply
+        self._out_map[:length] = reply
         _set_size(self._iov_out_view, _IOV_LEN_AT, length)
         if _LIB.sendmmsg(self.fd, self._hdr_out, 1, MSG_DONTWAIT) == 1:
             self.sent += 1
