@@ -299,8 +299,9 @@ class UdpBatchTransport:
 
     It stands in for the loop's datagram transport (the listener set, the
     health check and shutdown's divert/drain use the same few methods), and
-    hands each batch to UdpListener.datagrams_received, which answers the
-    hits with one sendmmsg. Replies to misses go out one by one (`sendto`).
+    registers UdpListener.readable as the socket's reader callback, which
+    answers the hits of each batch with one sendmmsg. Replies to misses go
+    out one by one (`sendto`).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: UdpListener, size: int,
