@@ -215,9 +215,10 @@ def where(key: tuple[str, int, str]) -> str:
     return f"{short}:{line}({func})"
 
 
-# The listener callbacks a UDP query enters by: batched (the default; once per recvmmsg batch) or the
+# The listener callbacks a UDP query enters by: batched (the default; readable once per wake-up, which
+# hands a batch of more than one query, or a sampled one, to datagrams_received) or the
 # event loop's datagram transport (--udp-batch 0 or 1; once per query). The report names those that ran.
-RECEIVE_ENTRIES = ("datagrams_received", "datagram_received")
+RECEIVE_ENTRIES = ("readable", "datagrams_received", "datagram_received")
 
 
 def is_dnslib(key: tuple[str, int, str]) -> bool:

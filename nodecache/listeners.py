@@ -192,6 +192,27 @@ class UdpListener(asyncio.DatagramProtocol):
         elif r is not None:
             self.submit(data, r, self.via, self._deliver, addr)  # type: ignore[arg-type]
 
+    def readable(self, batch: mmsg.Batch) -> None:
+        """The batched socket's reader callback (UdpBatchTransport): one recvmmsg, then the answers.
+
+        At a moderate rate most wake-ups read one query. A hit among them that
+        is neither sampled nor logged is answered here, with send_one, without
+        datagrams_received's loop and its bookkeeping: the same logic as
+        datagram_received's fast branch, which test_hitpath_variants holds
+        to the same bytes.
+        """
+        datagrams = batch.receive()
+        if len(datagrams) == 1 and self.countdown > 1 and self.query_log is None:
+            self.countdown -= 1
+            data = datagrams[0]
+            r = self.answer(data, self.via)
+            if r.__class__ is bytes:
+                batch.send_one(r)  # type: ignore[arg-type]
+            elif r is not None:
+                self.submit(data, r, self.via, self._deliver, batch.peer(0))  # type: ignore[arg-type]
+        elif datagrams:
+            self.datagrams_received(datagrams, batch)
+
     def datagrams_received(self, datagrams: list[bytes], batch: mmsg.Batch) -> None:
         """A batch read with recvmmsg (UdpBatchTransport): hits answered in one sendmmsg.
 
@@ -208,7 +229,7 @@ class UdpListener(asyncio.DatagramProtocol):
                 countdown -= 1
                 if observe_all or not countdown:
                     self.countdown = countdown
-                    self._observed(data, batch.peer(n))
+                    self._observed(data, batch.peer(n), replies, n)
                     countdown = self.countdown
                 else:
                     r = answer(data, via)
@@ -226,18 +247,23 @@ class UdpListener(asyncio.DatagramProtocol):
         self.countdown -= 1
         self._observed(data, addr)
 
-    def _observed(self, data: bytes, addr: Any) -> None:
+    def _observed(self, data: bytes, addr: Any, replies: list[bytes | None] | None = None, slot: int = 0) -> None:
         """One query on the sampled or logged branch: timed, sampled when due, logged when on.
 
-        The one copy of the answering logic besides datagram_received's fast
-        branch; tests/test_hitpath_variants.py holds them to the same bytes.
+        The one copy of the answering logic besides the fast branches;
+        tests/test_hitpath_variants.py holds them to the same bytes. Inside a
+        batch (`replies`) a hit's reply goes in its slot, out with the batch's
+        sendmmsg, rather than in a system call of its own.
         """
         started = time.perf_counter()
         sampled = not self.countdown
         ql = self.query_log
         r = self.answer(data, self.via)
         if r.__class__ is bytes:
-            self.transport.sendto(r, addr)  # type: ignore[union-attr]
+            if replies is None:
+                self.transport.sendto(r, addr)  # type: ignore[union-attr]
+            else:
+                replies[slot] = r  # type: ignore[assignment]
             took = time.perf_counter() - started
             if sampled:
                 self.activity.hit_took(took)
@@ -273,8 +299,9 @@ class UdpBatchTransport:
 
     It stands in for the loop's datagram transport (the listener set, the
     health check and shutdown's divert/drain use the same few methods), and
-    hands each batch to UdpListener.datagrams_received, which answers the
-    hits with one sendmmsg. Replies to misses go out one by one (`sendto`).
+    registers UdpListener.readable as the socket's reader callback, which
+    answers the hits of each batch with one sendmmsg. Replies to misses go
+    out one by one (`sendto`).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: UdpListener, size: int,
@@ -287,12 +314,7 @@ class UdpBatchTransport:
         self._closing = False
         self._fd = sock.fileno()
         protocol.connection_made(self)  # type: ignore[arg-type]
-        loop.add_reader(self._fd, self._readable)
-
-    def _readable(self) -> None:
-        datagrams = self.batch.receive()
-        if datagrams:
-            self.protocol.datagrams_received(datagrams, self.batch)
+        loop.add_reader(self._fd, protocol.readable, self.batch)  # no frame of ours between loop and listener
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "socket":

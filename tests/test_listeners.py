@@ -54,7 +54,11 @@ async def test_a_burst_from_many_peers_is_answered_in_batches_each_reply_to_its_
         assert isinstance(transport, UdpBatchTransport)  # batching is the default
         port = srv.bound[0][1]
         await burst(port)  # the first: misses, coalesced; the second: hits
+        alone: list[bytes] = []  # replies sent one by one, with a system call each
+        transport.sendto = lambda reply, addr: alone.append(reply)  # type: ignore[method-assign]
         got = await burst(port)
+        # The agent is quiet, so every hit takes the sampled branch; its reply goes out with the batch.
+        assert alone == [] and transport.batch.sent == 2 * PEERS * ROUNDS
         assert sorted(got) == sorted((p, p * ROUNDS + r) for p in range(PEERS) for r in range(ROUNDS))
         for (p, qid), reply in got.items():
             asked = NAMES[(p + qid - p * ROUNDS) % len(NAMES)]  # qid is p * ROUNDS + r

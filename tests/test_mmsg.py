@@ -148,3 +148,21 @@ def test_a_reply_the_kernel_refuses_is_counted_and_the_rest_still_go(server: soc
     finally:
         for c in peers:
             c.close()
+
+
+@pytest.mark.parametrize("reply", [b"r" * SLOT, b"b" * 1000], ids=["in its slot", "larger than its slot"])
+def test_a_single_reply_goes_to_its_asker_and_is_counted(server: socket.socket, reply: bytes) -> None:
+    c, batch, got = asked(server, b"q")
+    with c:
+        assert got == [b"q"] and (batch.received, batch.batches) == (1, 1)
+        batch.send_one(reply)
+        assert c.recvfrom(2000) == (reply, server.getsockname()) and batch.sent == 1
+
+
+def test_a_single_reply_the_kernel_refuses_is_counted(server: socket.socket) -> None:
+    c, batch, _ = asked(server, b"q")
+    with c:
+        port_at = 2  # the peer's address becomes port 0, which no datagram may be sent to
+        batch._names_view[port_at : port_at + 2] = b"\0\0"
+        batch.send_one(b"r")
+        assert (batch.sent, batch.send_failed, batch.send_dropped) == (0, 1, 0)
