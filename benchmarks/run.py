@@ -185,7 +185,7 @@ def render(source: str) -> int:
 
 
 def latest_result() -> Path | None:
-    files = sorted(RESULTS_DIR.glob("*.json"))
+    files = sorted(RESULTS_DIR.glob("[0-9]*.json"))  # make bench's own (bench-load's are load-*.json)
     return files[-1] if files else None
 
 
