@@ -137,12 +137,11 @@ class Batch:
         # is bytes at once, where a memoryview slice is one more object before its tobytes().
         self._names_view = memoryview(self._names).cast("B")
         self._iov_out_view = memoryview(self._iov_out).cast("B")
-        # The receive vector's msg_len fields, all read with one unpack.
         # The receive vector's msg_len fields of the first n entries, read with one unpack (_lengths[n]).
         entry = f"{_LEN_AT}xI{_HDR - _LEN_AT - 4}x"
         self._lengths = [struct.Struct(entry * n) for n in range(size + 1)]
         self._first_length = self._lengths[1].unpack_from
-        # recvmmsg's arguments as ctypes values, made once: a call then converts nothing.
+        # recvmmsg's arguments, made once: plain ints and the vector itself (see _libc).
         self._recv_args = (self.fd, self._hdr_in, size, MSG_DONTWAIT | MSG_TRUNC, None)
         self._hdr_in_view = memoryview(self._hdr_in).cast("B")
         self.received = 0  # datagrams read
