@@ -8,9 +8,9 @@ the agent's CPU time per answered miss (user and system, from /proc) for the
 phase. cProfile itself adds a large share of the total: compare rankings, and
 take the absolute cost from `benchmarks/run.py --workload miss`.
 
-    flock /work/bench.lock .venv/bin/python benchmarks/profile_miss.py            # cluster zone over TCP
-    flock /work/bench.lock .venv/bin/python benchmarks/profile_miss.py --udp      # ... over UDP
-    flock /work/bench.lock .venv/bin/python benchmarks/profile_miss.py --no-profile  # CPU per miss only
+    .venv/bin/python benchmarks/profile_miss.py            # cluster zone over TCP
+    .venv/bin/python benchmarks/profile_miss.py --udp      # ... over UDP
+    .venv/bin/python benchmarks/profile_miss.py --no-profile  # CPU per miss only
 """
 
 from __future__ import annotations
