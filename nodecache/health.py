@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import struct
 import time
 from collections.abc import Callable
@@ -30,16 +29,12 @@ from collections.abc import Callable
 from nodecache import wire
 from nodecache.names import name_to_wire
 from nodecache.resolver import PROBE_NAME, PROBE_TYPE
+from nodecache.upstream import random_id  # the OS CSPRNG, without secrets' hmac and hashlib
 
 log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 1.0
 PROBE_TIMEOUT = 1.0  # per query; a healthy agent answers its own cache in well under a millisecond
-
-
-def _probe_id() -> int:
-    """A random query ID from the OS CSPRNG (os.urandom: the secrets module would bring hmac and hashlib)."""
-    return int.from_bytes(os.urandom(2), "big")
 
 
 def probe_query(qid: int) -> bytes:
@@ -73,7 +68,7 @@ class _OneReply(asyncio.DatagramProtocol):
 
 
 async def probe_udp(host: str, port: int) -> str | None:
-    qid = _probe_id()
+    qid = random_id()
     loop = asyncio.get_running_loop()
     try:
         transport, proto = await loop.create_datagram_endpoint(lambda: _OneReply(qid), remote_addr=(host, port))
@@ -93,7 +88,7 @@ async def probe_udp(host: str, port: int) -> str | None:
 
 
 async def probe_tcp(host: str, port: int) -> str | None:
-    qid = _probe_id()
+    qid = random_id()
     query = probe_query(qid)
     writer = None
     try:
