@@ -11,6 +11,13 @@ take the absolute cost from `benchmarks/run.py --workload miss`.
     .venv/bin/python benchmarks/profile_miss.py            # cluster zone over TCP
     .venv/bin/python benchmarks/profile_miss.py --udp      # ... over UDP
     .venv/bin/python benchmarks/profile_miss.py --no-profile  # CPU per miss only
+    .venv/bin/python benchmarks/profile_miss.py --callgrind --rate 200 --queries 2000
+
+--callgrind counts user-space instructions per miss instead (valgrind's
+callgrind, switched on only for the dnsperf phase): deterministic where CPU
+time is noisy, so a small change shows. Offer a low --rate: under valgrind the
+agent runs some fifty times slower, and the count is per miss only while it
+keeps up (each miss then goes through the path alone, unbatched).
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rate", type=int, default=None, help="offer this many q/s (dnsperf -Q) instead of saturating")
     p.add_argument("--udp", action="store_true", help="forward the cluster zone over UDP (prefer_udp)")
     p.add_argument("--no-profile", action="store_true", help="run without cProfile: CPU per miss only")
+    p.add_argument("--callgrind", action="store_true",
+                   help="count instructions per miss under valgrind's callgrind (no cProfile); use a low --rate")
     p.add_argument("--perf", type=Path, default=None,
                    help="also record the agent with `perf record` into this file during the phase")
     p.add_argument("--src", type=Path, default=bl.REPO,
@@ -47,6 +56,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--top", type=int, default=30, help="functions to list per ranking")
     p.add_argument("--out", type=Path, default=None, help="the .prof file (default: benchmarks/results/...)")
     args = p.parse_args()
+    if args.callgrind:
+        args.no_profile = True
     if args.queries < 1 or args.top < 1:
         p.error("--queries and --top must be positive")
     return args
@@ -57,6 +68,17 @@ def user_system(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
+def _instructions(pid: int, grind: Path) -> int:
+    """Instructions counted since callgrind was switched on: dump now, sum the dump's totals."""
+    subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
+    total = 0
+    for dump in grind.parent.glob(grind.name + "*"):
+        for line in dump.read_text(errors="replace").splitlines():
+            if line.startswith("totals:"):
+                total += int(line.split()[1])
+    return total
 
 
 def main() -> int:
@@ -78,9 +100,12 @@ def main() -> int:
         argv = contender.command(slot)
         if not args.no_profile:
             argv = [argv[0], str(LAUNCHER), str(out), *argv[3:]]  # the launcher in place of `-m nodecache`
+        grind = workdir / "callgrind.out"
+        if args.callgrind:
+            argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={grind}", *argv]
         agent = bl.ManagedProcess("nodecache", bl.pinned(argv, server_cpu), workdir / "agent.log",
-                                  cwd=args.src, env=contender.env())
-        bl.wait_ready(bl.LOCALHOST, port, agent, timeout=30)
+                                  cwd=args.src, env={**(contender.env() or os.environ), "PYTHONHASHSEED": "0"})
+        bl.wait_ready(bl.LOCALHOST, port, agent, timeout=300 if args.callgrind else 30)
         data = workdir / "miss.txt"
         bl.write_miss_file(data, args.queries)
         if not args.no_profile:
@@ -90,11 +115,14 @@ def main() -> int:
         if args.perf is not None:
             recorder = subprocess.Popen(["perf", "record", "-q", "-o", str(args.perf), "-p", str(agent.pid)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if args.callgrind:
+            subprocess.run(["callgrind_control", "--instr=on", str(agent.pid)], check=True, capture_output=True)
         user0, sys0 = user_system(agent.pid)
         res = bl.run_dnsperf(data, port, workdir, "profile-miss", bl.DnsperfOptions(), max_runs=1, cpu=load_cpu,
                              rate=args.rate)
         user1, sys1 = user_system(agent.pid)
         user, system = user1 - user0, sys1 - sys0
+        instructions = _instructions(agent.pid, grind) if args.callgrind else 0
         if recorder is not None:
             recorder.send_signal(signal.SIGINT)
             recorder.wait(timeout=30)
@@ -112,6 +140,8 @@ def main() -> int:
     print(f"misses answered: {res.completed:,} at {res.qps:,.0f} q/s, lost {res.lost}, rcodes {res.rcodes}; "
           f"agent CPU per miss{'' if args.no_profile else ' (under cProfile)'}: {1e6 * (user + system) / answered:.1f} us "
           f"(user {1e6 * user / answered:.1f}, system {1e6 * system / answered:.1f})")
+    if args.callgrind:
+        print(f"user-space instructions per miss (callgrind): {instructions / answered:,.0f}")
     if args.no_profile:
         return 0
     raw: dict = pstats.Stats(str(out)).stats  # type: ignore[attr-defined]
