@@ -70,14 +70,19 @@ def user_system(pid: int) -> tuple[float, float]:
     return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
-def _instructions(pid: int, grind: Path) -> int:
-    """Instructions counted since callgrind was switched on: dump now, sum the dump's totals."""
+def _instructions(pid: int, grind: Path, keep: Path) -> int:
+    """Instructions counted since callgrind was switched on: dump now, sum the dump's totals.
+
+    The dump is kept at `keep`, for callgrind_annotate.
+    """
     subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
     total = 0
-    for dump in grind.parent.glob(grind.name + "*"):
-        for line in dump.read_text(errors="replace").splitlines():
+    for dump in grind.parent.glob(grind.name + ".*"):
+        text = dump.read_text(errors="replace")
+        for line in text.splitlines():
             if line.startswith("totals:"):
                 total += int(line.split()[1])
+                keep.write_text(text)
     return total
 
 
@@ -122,7 +127,7 @@ def main() -> int:
                              rate=args.rate)
         user1, sys1 = user_system(agent.pid)
         user, system = user1 - user0, sys1 - sys0
-        instructions = _instructions(agent.pid, grind) if args.callgrind else 0
+        instructions = _instructions(agent.pid, grind, out.with_suffix(".callgrind")) if args.callgrind else 0
         if recorder is not None:
             recorder.send_signal(signal.SIGINT)
             recorder.wait(timeout=30)

@@ -29,7 +29,7 @@ from nodecache import wire
 from nodecache.config import UPSTREAM_UDP_PAYLOAD, ForwardPolicy
 from nodecache.errors import UpstreamError
 from nodecache.timers import Ticket, Timers
-from nodecache.upstream import Answer, Build, Check, Upstream
+from nodecache.upstream import Build, Check, Try, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +170,12 @@ class _Question:
 
 
 class Exchange:
-    """One query's tries at a zone's upstreams, driven by callbacks: no Task, no asyncio.wait.
+    """One query's tries at a zone's upstreams, driven by callbacks: no Task, no Future, no asyncio.wait.
 
-    A try is a Future from `Upstream.start`; its done callback moves the exchange
-    on. One deadline on the forwarder's Timers (moved as things change) wakes it
-    for the next early retry, a try's timeout, or the overall deadline. See the module notes for
+    A try (upstream.Try) reports its reply or failure to `answered`/`failed`,
+    called directly by the transport that read it. One deadline on the
+    forwarder's Timers (moved as things change) wakes it for the next early
+    retry, a try's timeout, or the overall deadline. See the module notes for
     the policy: at most MAX_OPEN_TRIES open at once, early retries on a budget,
     each waiting twice as long as the one before.
     """
@@ -191,8 +192,7 @@ class Exchange:
         now = _clock()
         self.end = now + fw.policy.timeout
         self.order = fw.order()
-        # future -> (server, sent at, over TCP, how the query was built)
-        self.tries: dict[asyncio.Future[Answer], tuple[Upstream, float, bool, Build]] = {}
+        self.tries: list[Try] = []  # open ones, oldest first
         self.used: set[Any] = set()  # TCP connections this query went out on: a retry takes another one
         self.errors: list[str] = []
         self.sent = 0
@@ -205,9 +205,11 @@ class Exchange:
         self._advance(now)
 
     def _send(self, up: Upstream, build: Build, tcp: bool, now: float) -> None:
-        fut = up.start(build, self.check, tcp, self.used)
-        self.tries[fut] = (up, now, tcp, build)
-        fut.add_done_callback(self._try_done)
+        t = Try(self, up, build, self.check, tcp, now)
+        self.tries.append(t)
+        err = up.send(t, self.used)
+        if err is not None:
+            t.fail_soon(err)  # as any failure: `failed`, on the next pass, moves on
 
     def _advance(self, now: float) -> None:
         """Send the next try if one is due, then sleep until the next thing that can happen."""
@@ -226,10 +228,9 @@ class Exchange:
             self.backoff *= 2
         if not tries:
             return self._fail()
-        wake = self.end
-        for t in tries.values():
-            if t[1] + p.try_timeout < wake:
-                wake = t[1] + p.try_timeout
+        wake = tries[0].started + p.try_timeout  # the oldest open try times out first
+        if self.end < wake:
+            wake = self.end
         if self.sent < MAX_TRIES and len(tries) < MAX_OPEN_TRIES and self.next_try < wake:
             wake = self.next_try
         timers = fw.timers
@@ -244,40 +245,44 @@ class Exchange:
             return
         now = _clock()
         p = self.fw.policy
-        for fut, (up, started, _tcp, _built) in list(self.tries.items()):
-            if now >= started + p.try_timeout or now >= self.end:
-                del self.tries[fut]
-                fut.cancel()
-                up.failed()
-                self.errors.append(f"{up.address} did not answer within {min(p.try_timeout, now - started):.2g}s")
+        for t in list(self.tries):
+            if now >= t.started + p.try_timeout or now >= self.end:
+                self.tries.remove(t)
+                t.cancel()
+                t.up.failed()
+                self.errors.append(f"{t.up.address} did not answer within {min(p.try_timeout, now - t.started):.2g}s")
                 self.next_try = min(self.next_try, now)  # that one is over: the next goes out now
         if now >= self.end:
             return self._fail()
         self._advance(now)
 
-    def _try_done(self, fut: asyncio.Future[Answer]) -> None:
-        """A try answered or failed (a try we cancelled ourselves is no longer in `tries`)."""
-        t = self.tries.pop(fut, None)
-        if t is None or self.finished:
+    def failed(self, t: Try, exc: UpstreamError) -> None:
+        """A try failed (upstream.Owner); a try we gave up on ourselves reports nothing."""
+        if self.finished:
             return
-        up, started, tcp, built = t
+        self.tries.remove(t)
         now = _clock()
-        exc = fut.exception()
-        if exc is not None:
-            up.failed()
-            self.errors.append(str(exc))
-            self.next_try = now  # that one is over: the next goes out now
-            return self._advance(now)
-        msg, scan = fut.result()
-        if scan.rcode == wire.FORMERR and self.plain is not None and built is not self.plain:
+        t.up.failed()
+        self.errors.append(str(exc))
+        self.next_try = now  # that one is over: the next goes out now
+        self._advance(now)
+
+    def answered(self, t: Try, msg: bytes, scan: wire.ReplyScan) -> None:
+        """A try's checked reply (upstream.Owner): the answer, or a reason to ask again."""
+        if self.finished:
+            return
+        self.tries.remove(t)
+        up = t.up
+        now = _clock()
+        if scan.rcode == wire.FORMERR and self.plain is not None and t.build is not self.plain:
             # RFC 6891 7: FORMERR to an EDNS query may mean no EDNS; ask the same server without it.
-            self._send(up, self.plain, tcp, now)
+            self._send(up, self.plain, t.tcp, now)
             return self._advance(now)
-        if scan.flags & (wire.TC << 8) and not tcp:
+        if scan.flags & (wire.TC << 8) and not t.tcp:
             # Truncated over UDP: the same server over TCP gives the whole answer.
-            self._send(up, built, True, now)
+            self._send(up, t.build, True, now)
             return self._advance(now)
-        up.succeeded(now - started, scan.rcode)
+        up.succeeded(now - t.started, scan.rcode)
         self._finish((msg, scan, up), None)
 
     def _fail(self) -> None:
@@ -288,7 +293,7 @@ class Exchange:
         self.done(result, exc)
 
     def cancel(self) -> None:
-        """Stop: close the open tries and the timer; `done` is not called (unless `_finish` does)."""
+        """Stop: give up the open tries and the timer; `done` is not called (unless `_finish` does)."""
         if self.finished:
             return
         self.finished = True
@@ -296,6 +301,6 @@ class Exchange:
         if self.timer is not None:
             self.fw.timers.cancel(self.timer)
             self.timer = None
-        tries, self.tries = self.tries, {}
-        for fut in tries:
-            fut.cancel()
+        tries, self.tries = self.tries, []
+        for t in tries:
+            t.cancel()

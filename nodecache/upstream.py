@@ -18,10 +18,15 @@ connections (a few queries deep each, see PIPELINE_DEPTH), idle connections
 close after `expire` seconds. Queries sent in one pass of the event loop go
 out in one write per connection.
 
-A try is a Future, not a coroutine (`Upstream.start`): the forwarder can keep
-an early try open while it sends another (hedging, see forwarder.py), and the
-common case (UDP, or TCP on an open connection) costs no Task. UDP replies are
-read by a reader callback on the try's own socket.
+A try is a small `Try` object, not a coroutine or a Future (`Upstream.send`):
+the forwarder can keep an early try open while it sends another (hedging, see
+forwarder.py), and the reply is handed to the try's owner by a direct call
+from the callback that read it: no Future, no extra pass of the event loop,
+which cost a few microseconds of every miss. Failures found while sending go
+to the owner on the next pass (`call_soon`), so a send never calls back into
+its caller. UDP replies are read by a reader callback on the try's own
+socket. `Upstream.start` wraps a try in a Future for the awaiting callers
+(health and loop probes).
 
 Each server keeps a smoothed round-trip time (RFC 6298's estimator, as TCP
 does), so the forwarder can retry a silent try after a few RTTs instead of a
@@ -38,7 +43,7 @@ import socket
 import time
 from array import array
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from nodecache import wire
 from nodecache.config import Address
@@ -88,6 +93,80 @@ Build = Callable[[int], bytes]
 Answer = tuple[bytes, wire.ReplyScan]
 
 
+class Owner(Protocol):
+    """Who a try reports to: exactly one of these is called, once, unless the try was cancelled first."""
+
+    def answered(self, t: Try, msg: bytes, scan: wire.ReplyScan) -> None: ...
+
+    def failed(self, t: Try, exc: UpstreamError) -> None: ...
+
+
+class Try:
+    """One query sent to one server; the transport that reads its reply calls its owner directly.
+
+    `started` and `tcp` are the sender's bookkeeping (the forwarder's retry
+    timers); `conn`/`qid` or `udp` say where the query waits, so `cancel`
+    can free its TCP pipeline slot or close its UDP socket.
+    """
+
+    __slots__ = ("owner", "up", "build", "check", "tcp", "started", "done", "conn", "qid", "udp")
+
+    def __init__(self, owner: Owner, up: Upstream, build: Build, check: Check, tcp: bool, started: float) -> None:
+        self.owner = owner
+        self.up = up
+        self.build = build
+        self.check = check
+        self.tcp = tcp
+        self.started = started
+        self.done = False  # answered, failed or cancelled: nothing more is reported
+        self.conn: _TcpConnection | None = None
+        self.qid = -1
+        self.udp: _UdpSocket | None = None
+
+    def answer(self, msg: bytes, scan: wire.ReplyScan) -> None:
+        if not self.done:
+            self.done = True
+            self.owner.answered(self, msg, scan)
+
+    def fail(self, exc: UpstreamError) -> None:
+        if not self.done:
+            self.done = True
+            self.owner.failed(self, exc)
+
+    def fail_soon(self, exc: UpstreamError) -> None:
+        """Fail on the next pass of the event loop: whoever noticed may be in the middle of something."""
+        asyncio.get_running_loop().call_soon(self.fail, exc)
+
+    def cancel(self) -> None:
+        """Give up: nothing is reported; a UDP socket closes, a TCP pipeline slot frees (a late reply is ignored)."""
+        if self.done:
+            return
+        self.done = True
+        conn = self.conn
+        if conn is not None:
+            if conn.pending.get(self.qid) is self:
+                del conn.pending[self.qid]
+        elif self.udp is not None:
+            self.udp.close()
+
+
+class _Awaited:
+    """A try's owner that completes a Future: `Upstream.start`, for the callers that await one try."""
+
+    __slots__ = ("fut",)
+
+    def __init__(self, fut: asyncio.Future[Answer]) -> None:
+        self.fut = fut
+
+    def answered(self, t: Try, msg: bytes, scan: wire.ReplyScan) -> None:
+        if not self.fut.done():
+            self.fut.set_result((msg, scan))
+
+    def failed(self, t: Try, exc: UpstreamError) -> None:
+        if not self.fut.done():
+            self.fut.set_exception(exc)
+
+
 class RttEstimator:
     """Smoothed round trip and its variation (RFC 6298 section 2), in seconds."""
 
@@ -116,25 +195,23 @@ class RttEstimator:
 class _TcpConnection(FramedConnection):
     """One TCP connection carrying many in-flight queries, matched by ID.
 
-    A Protocol rather than streams: replies are dispatched straight from
-    `data_received`, with no reader task to schedule. Queries sent in one
+    A Protocol rather than streams: replies are handed to their tries straight
+    from `data_received`, with no reader task to schedule. Queries sent in one
     pass of the event loop are written together (one send, not one each).
     Idle for `expire` seconds with nothing in flight, it closes; the idle
     clock is checked when its timer fires, not re-armed per query, so it
     closes between one and two `expire`s after its last query.
     """
 
-    def __init__(self, expire: float) -> None:
+    def __init__(self, expire: float, gone: Callable[[_TcpConnection], None]) -> None:
         super().__init__(expire)
-        self.pending: dict[int, tuple[asyncio.Future[Answer], Check]] = {}
+        self.pending: dict[int, Try] = {}
         self.closed = False
         self.used = False  # a query went out since the idle timer last fired
         self._out: list[bytes] = []  # framed queries not written yet (see `_flush`)
+        self._gone = gone  # tells the upstream this connection closed (it leaves the pool)
 
     def busy(self) -> bool:
-        # Tries given up on (cancelled) leave their ID here until their reply comes or this check.
-        for qid in [q for q, (fut, _check) in self.pending.items() if fut.done()]:
-            del self.pending[qid]
         used, self.used = self.used, False
         return used or bool(self.pending)  # queries are waiting; their own timeouts apply
 
@@ -142,33 +219,34 @@ class _TcpConnection(FramedConnection):
         self.close()
 
     def data_received(self, data: bytes) -> None:
+        pending = self.pending
         for msg in self.frames(data):
-            waiting = self.pending.pop(wire.reply_id(msg), None)
-            if waiting is None or waiting[0].done():
+            t = pending.pop(wire.reply_id(msg), None)
+            if t is None:
                 continue  # a try given up on, or an ID we never sent
-            fut, check = waiting
             try:
-                fut.set_result((msg, check(msg)))
+                scan = t.check(msg)
             except wire.Malformed as exc:
-                fut.set_exception(UpstreamError(f"unusable reply over TCP: {exc}"))
+                t.fail(UpstreamError(f"unusable reply over TCP: {exc}"))
+                continue
+            t.answer(msg, scan)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close()
 
-    def send(self, build: Build, check: Check) -> asyncio.Future[Answer]:
-        """Send one query on this connection; the future holds its checked reply."""
+    def send(self, t: Try) -> None:
+        """Send `t`'s query on this connection; its reply comes back through `data_received`."""
+        pending = self.pending
         qid = random_id()
-        while qid in self.pending:
+        while qid in pending:
             qid = random_id()
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Answer] = loop.create_future()
-        self.pending[qid] = (fut, check)
-        msg = build(qid)
+        pending[qid] = t
+        t.conn, t.qid = self, qid
+        msg = t.build(qid)
         if not self._out:
-            loop.call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)
         self._out.append(len(msg).to_bytes(2, "big") + msg)
         self.used = True
-        return fut
 
     def _flush(self) -> None:
         out, self._out = self._out, []
@@ -179,10 +257,10 @@ class _TcpConnection(FramedConnection):
         if self.closed:
             return
         self.closed = True
+        self._gone(self)
         pending, self.pending = self.pending, {}
-        for fut, _check in pending.values():
-            if not fut.done():
-                fut.set_exception(UpstreamError("upstream closed the TCP connection"))
+        for t in pending.values():
+            t.fail_soon(UpstreamError("upstream closed the TCP connection"))
         self._disarm()
         if self.transport is not None:
             self.transport.close()
@@ -195,7 +273,7 @@ class _UdpSocket:
     it is idle is read and dropped.
     """
 
-    __slots__ = ("sock", "fd", "owner", "loop", "uses", "expires", "qid", "fut", "check")
+    __slots__ = ("sock", "fd", "owner", "loop", "uses", "expires", "qid", "t")
 
     def __init__(self, owner: Upstream, sock: socket.socket, loop: asyncio.AbstractEventLoop, expires: float) -> None:
         self.sock = sock
@@ -205,8 +283,7 @@ class _UdpSocket:
         self.uses = 0
         self.expires = expires
         self.qid = -1
-        self.fut: asyncio.Future[Answer] | None = None
-        self.check: Check | None = None
+        self.t: Try | None = None  # the try waiting on this socket
 
     def readable(self) -> None:
         while True:
@@ -216,40 +293,39 @@ class _UdpSocket:
                 return
             except OSError as exc:  # ICMP port unreachable arrives as ECONNREFUSED
                 why = "refused (nothing listens there)" if exc.errno == errno.ECONNREFUSED else exc.strerror
-                fut = self.fut
-                if fut is not None and not fut.done():
-                    fut.set_exception(UpstreamError(f"{self.owner.address}: {why}"))  # `released` closes this socket
+                t = self.t
+                self.close()  # an erring socket is not reused
+                if t is not None:
+                    t.fail(UpstreamError(f"{self.owner.address}: {why}"))
                 return
-            fut = self.fut
-            if fut is None or fut.done() or wire.reply_id(msg) != self.qid:
+            t = self.t
+            if t is None or wire.reply_id(msg) != self.qid:
                 self.owner.mismatched += 1
                 continue  # not for the query in flight: keep waiting for the real answer
             try:
-                fut.set_result((msg, self.check(msg)))  # type: ignore[misc]
+                scan = t.check(msg)
             except wire.Malformed:
                 self.owner.mismatched += 1
                 continue
+            self.release()
+            t.answer(msg, scan)
             return  # one query at a time: nothing more is awaited (a stray datagram left is read next time)
 
-    def released(self, fut: asyncio.Future[Answer]) -> None:
-        """The query ended: back to the pool if it was answered and this socket has uses left, else closed."""
-        self.fut = self.check = None
+    def release(self) -> None:
+        """The query was answered: back to the pool if this socket has uses left, else closed."""
+        self.t = None
         owner = self.owner
-        if (
-            fut.cancelled()
-            or fut.exception() is not None
-            or self.uses >= UDP_SOCKET_USES
-            or len(owner.udp_idle) >= UDP_IDLE_MAX
-            or time.monotonic() >= self.expires
-        ):
+        if self.uses >= UDP_SOCKET_USES or len(owner.udp_idle) >= UDP_IDLE_MAX or time.monotonic() >= self.expires:
             self.close()
         else:
             owner.udp_idle.append(self)
 
     def close(self) -> None:
+        self.t = None
         owner = self.owner
-        if owner.udp_sockets.pop(self.fd, None) is None:
-            return
+        if owner.udp_sockets.get(self.fd) is not self:
+            return  # closed already (its descriptor number may belong to a newer socket by now)
+        del owner.udp_sockets[self.fd]
         self.loop.remove_reader(self.fd)
         self.sock.close()
 
@@ -320,47 +396,62 @@ class Upstream:
             fut.cancel()  # no-op once done; otherwise frees the socket or the pipeline slot
 
     def start(self, build: Build, check: Check, tcp: bool, avoid: Any = None) -> asyncio.Future[Answer]:
-        """Send one try; the future holds the checked reply, or an UpstreamError.
+        """`send` one try, as a Future holding the checked reply or an UpstreamError (for awaiting callers).
 
-        Cancelling the future abandons the try (its socket closes, its TCP slot
-        frees). `avoid`, a set, keeps this try off the TCP connections already
-        used for the same query, and gets this try's connection added.
+        Cancelling the future abandons the try (its socket closes, its TCP slot frees).
         """
-        if tcp:
-            conn = self._open_connection(avoid)
-            if conn is None:
-                return asyncio.ensure_future(self._tcp_new(build, check, avoid))
-            if avoid is not None:
-                avoid.add(conn)
-            return conn.send(build, check)
-        return self._udp(build, check)
-
-    def _udp(self, build: Build, check: Check) -> asyncio.Future[Answer]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Answer] = loop.create_future()
-        try:
-            us = self.udp_idle.pop() if self.udp_idle else self._udp_socket(loop)
-        except OSError as exc:
-            fut.set_exception(UpstreamError(f"{self.address}: {exc.strerror or exc}"))
-            return fut
-        if us is None:
-            self.udp_exhausted += 1
-            fut.set_exception(UpstreamError(f"{self.address}: {UDP_SOCKETS_MAX} UDP sockets already open"))
-            return fut
-        us.uses += 1
-        us.qid = random_id()
-        us.fut, us.check = fut, check
-        fut.add_done_callback(us.released)
-        try:
-            us.sock.send(build(us.qid))
-        except OSError as exc:
-            fut.set_exception(UpstreamError(f"{self.address}: {exc.strerror or exc}"))  # `released` closes it
+        fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        t = Try(_Awaited(fut), self, build, check, tcp, time.monotonic())
+        err = self.send(t, avoid)
+        if err is not None:
+            t.done = True
+            fut.set_exception(err)
+        else:
+            fut.add_done_callback(lambda f: t.cancel())  # a no-op once the try reported
         return fut
 
-    def _udp_socket(self, loop: asyncio.AbstractEventLoop) -> _UdpSocket | None:
+    def send(self, t: Try, avoid: Any = None) -> UpstreamError | None:
+        """Send one try; its owner hears of the reply or the failure later, never from within this call.
+
+        Returns the error instead when nothing could go out (no socket, a send
+        that failed): then the owner hears nothing. `avoid`, a set, keeps this
+        try off the TCP connections already used for the same query, and gets
+        this try's connection added.
+        """
+        if t.tcp:
+            conn = self._open_connection(avoid)
+            if conn is None:
+                self._connect_then_send(t, avoid)
+                return None
+            if avoid is not None:
+                avoid.add(conn)
+            conn.send(t)
+            return None
+        us = self.udp_idle.pop() if self.udp_idle else None
+        if us is None:
+            try:
+                us = self._udp_socket()
+            except OSError as exc:
+                return UpstreamError(f"{self.address}: {exc.strerror or exc}")
+            if us is None:
+                self.udp_exhausted += 1
+                return UpstreamError(f"{self.address}: {UDP_SOCKETS_MAX} UDP sockets already open")
+        us.uses += 1
+        us.qid = qid = random_id()
+        us.t, t.udp = t, us
+        try:
+            us.sock.send(t.build(qid))
+        except OSError as exc:
+            us.close()
+            t.udp = None
+            return UpstreamError(f"{self.address}: {exc.strerror or exc}")
+        return None
+
+    def _udp_socket(self) -> _UdpSocket | None:
         """A new connected socket for the pool (the kernel picks a random port); None at UDP_SOCKETS_MAX."""
         if len(self.udp_sockets) >= UDP_SOCKETS_MAX:
             return None
+        loop = asyncio.get_running_loop()
         sock = socket.socket(self._family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
@@ -378,8 +469,6 @@ class Upstream:
         best: _TcpConnection | None = None
         depth = MAX_MESSAGE
         conns = self._conns
-        if any(c.closed for c in conns):
-            conns = self._conns = [c for c in conns if not c.closed]
         for c in conns:
             n = len(c.pending)
             if n < depth and (avoid is None or c not in avoid):
@@ -390,18 +479,31 @@ class Upstream:
             return min(conns, key=lambda c: len(c.pending))
         return None
 
-    async def _tcp_new(self, build: Build, check: Check, avoid: Any) -> Answer:
-        try:
-            conn = await self._connection()
-        except OSError as exc:
-            raise UpstreamError(f"{self.address}: {exc.strerror or exc}") from None
-        if avoid is not None:
-            avoid.add(conn)
-        fut = conn.send(build, check)
-        try:
-            return await fut
-        finally:
-            fut.cancel()
+    def _connect_then_send(self, t: Try, avoid: Any) -> None:
+        """Open a connection (a Task: rare, a connection serves many queries), then send `t` on it."""
+
+        def connected(task: asyncio.Task[_TcpConnection]) -> None:
+            if t.done:  # given up on meanwhile; the connection stays in the pool for others
+                if not task.cancelled():
+                    task.exception()  # retrieved: a failed connect is not "never retrieved"
+                return
+            if task.cancelled():
+                return t.fail(UpstreamError(f"{self.address}: connecting was cancelled"))
+            exc = task.exception()
+            if exc is not None:
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                return t.fail(UpstreamError(f"{self.address}: {why}"))
+            conn = task.result()
+            if avoid is not None:
+                avoid.add(conn)
+            conn.send(t)
+
+        asyncio.get_running_loop().create_task(self._connection()).add_done_callback(connected)
+
+    def _forget(self, conn: _TcpConnection) -> None:
+        """A connection closed: it leaves the pool."""
+        if conn in self._conns:
+            self._conns.remove(conn)
 
     async def _connection(self) -> _TcpConnection:
         """A new connection (one connect at a time per server; concurrent callers share it)."""
@@ -410,7 +512,7 @@ class Upstream:
         self._connecting = asyncio.get_running_loop().create_future()
         try:
             _, conn = await asyncio.get_running_loop().create_connection(
-                lambda: _TcpConnection(self.expire), self.address.host, self.address.port
+                lambda: _TcpConnection(self.expire, self._forget), self.address.host, self.address.port
             )
             self._conns.append(conn)
             self._connecting.set_result(conn)
@@ -443,9 +545,8 @@ class Upstream:
 
     def close(self) -> None:
         """Close connections and stop probing (at shutdown)."""
-        for conn in self._conns:
-            conn.close()
-        self._conns.clear()
+        for conn in list(self._conns):
+            conn.close()  # each leaves the pool (`_forget`)
         for us in list(self.udp_sockets.values()):
             us.close()
         self.udp_idle.clear()

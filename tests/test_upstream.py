@@ -166,3 +166,26 @@ async def test_a_tcp_connection_closed_mid_pipeline_has_its_queries_retried_else
     assert [scan.answers for _msg, scan, _up in answers] == [1] * len(names)
     assert connections >= 2
     assert took < 1.5  # retried when the connection closed, not after a try timeout
+
+
+async def test_a_tcp_try_given_up_frees_its_pipeline_slot_and_its_late_reply_is_ignored() -> None:
+    with FakeUpstream() as fake:
+        name = "web.default.svc.cluster.local."
+        up = _upstream(fake.port, tcp=True)
+        build, check = _tries(name)
+        await asyncio.wait_for(up.start(build, check, True), 2.0)  # the connection is open
+        fake.set_behaviour(name, Behaviour.delay(0.3))
+        given_up = up.start(build, check, True)
+        await asyncio.sleep(0.05)  # on the wire, its reply not yet sent
+        (conn,) = up._conns
+        assert len(conn.pending) == 1
+        given_up.cancel()
+        await asyncio.sleep(0)
+        assert conn.pending == {}  # freed at once, not when the reply comes
+        await asyncio.sleep(0.4)  # the late reply arrives on the connection and is dropped
+        fake.set_behaviour(name, Behaviour.normal())
+        _msg, scan = await asyncio.wait_for(up.start(build, check, True), 2.0)
+        still = list(up._conns)
+        up.close()
+    assert scan.answers == 1 and still == [conn]  # the same connection carried on
+    assert up._conns == [] and given_up.cancelled()
