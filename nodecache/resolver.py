@@ -68,6 +68,7 @@ LOOP_PROBE_TIMEOUT = 2.0
 # Types a miss may wait on, in flight for its name, to be answered from their NXDOMAIN (RFC 8020):
 # getaddrinfo asks A and AAAA at the same moment. As they sit in cache keys (see wire.scan_query).
 SIBLING_TYPES = (struct.pack("!H", 1), struct.pack("!H", 28))
+_SIBLING_OF = {SIBLING_TYPES[0]: SIBLING_TYPES[1], SIBLING_TYPES[1]: SIBLING_TYPES[0]}
 
 DEADLINE_SLACK = 0.002  # waiters due within this of a deadline timer are answered with it
 DRAIN_POLL = 0.01  # seconds between checks while shutdown waits for the last answers
@@ -412,7 +413,7 @@ class Resolver:
         refused) is for the query log.
         """
         started = time.perf_counter()
-        zone = self.zone_for(q.lname)
+        zone = self._memo.get(q.lname) or self.zone_for(q.lname)  # `answer` memoised it, unless a reload reset the memo
         if zone is None:  # a reload removed its zone after `answer` saw it
             self.refused += 1
             deliver(token, wire.error_reply(data, wire.REFUSED, q.qend, q.edns, q.do, self._udp_cap), "refused")
@@ -465,12 +466,11 @@ class Resolver:
         waiting would only add a round trip.
         """
         key = q.key
-        head, own, tail = key[:-5], key[-5:-3], key[-3:]
-        for qtype in SIBLING_TYPES:
-            sibling = self._inflight.get(head + qtype + tail) if qtype != own else None
-            if sibling is not None and sibling.exchange is not None and sibling.zone is zone:
-                break
-        else:
+        other = _SIBLING_OF.get(key[-5:-3])
+        if other is None:
+            return False
+        sibling = self._inflight.get(key[:-5] + other + key[-3:])
+        if sibling is None or sibling.exchange is None or sibling.zone is not zone:
             return False
         for known in (zone.cache.get(key), zone.cache.get(sibling.key)):
             if known is not None and known.kind is not Kind.SERVFAIL and known.rcode != wire.NXDOMAIN:
