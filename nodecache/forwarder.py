@@ -202,7 +202,18 @@ class Exchange:
         self.finished = False
         fw.inflight += 1
         fw._retry_budget = min(fw._retry_budget + RETRY_BUDGET_RATIO, RETRY_BUDGET_MAX)
-        self._advance(now)
+        self._first(now)
+
+    def _first(self, now: float) -> None:
+        """`_advance` for the first try, which always goes out: one deadline, its retransmission timer."""
+        p = self.fw.policy
+        up = self.order[0]
+        self.sent = 1
+        up.queries += 1
+        self._send(up, self.build, p.force_tcp, now)
+        self.next_try = now + min(up.rtt.timeout(p.try_timeout), p.try_timeout)
+        self.backoff = 2.0
+        self.timer = self.fw.timers.at(self.next_try if self.next_try < self.end else self.end, Exchange._woken, self)
 
     def _send(self, up: Upstream, build: Build, tcp: bool, now: float) -> None:
         t = Try(self, up, build, self.check, tcp, now)

@@ -355,6 +355,7 @@ class Upstream:
         self.udp_idle: list[_UdpSocket] = []  # those free for the next query, most recently used last
         self._family = socket.AF_INET6 if address.family_v6 else socket.AF_INET
         self._conns: list[_TcpConnection] = []
+        self._turn = 0  # the connection offered next (see `_open_connection`)
         self._connecting: asyncio.Future[_TcpConnection] | None = None
         self._probe: asyncio.Task[None] | None = None
 
@@ -465,10 +466,20 @@ class Upstream:
         return us
 
     def _open_connection(self, avoid: Any) -> _TcpConnection | None:
-        """The least busy open connection not in `avoid`; None when a new one should open."""
+        """An open connection not in `avoid` with room in its pipeline, else the least busy one;
+        None when a new one should open (every open one is PIPELINE_DEPTH deep, and there is room).
+
+        The connections are offered in turn first, which spreads queries as evenly as
+        looking for the least busy one, without looking at all of them for every query.
+        """
+        conns = self._conns
+        if conns:
+            self._turn = turn = (self._turn + 1) % len(conns)
+            c = conns[turn]
+            if len(c.pending) < PIPELINE_DEPTH and (avoid is None or c not in avoid):
+                return c
         best: _TcpConnection | None = None
         depth = MAX_MESSAGE
-        conns = self._conns
         for c in conns:
             n = len(c.pending)
             if n < depth and (avoid is None or c not in avoid):
