@@ -3,8 +3,8 @@
 The agent serves and forwards DNS over UDP and TCP, and its metrics and health
 endpoints are plain HTTP. Still, asyncio and uvloop import `ssl` when they are
 imported, prometheus_client does too, and the urllib it brings imports hashlib;
-`ssl` and hashlib load OpenSSL's libssl and libcrypto. Those were about 4.3 MiB
-of an idle agent's 27.4 MiB resident, and another 4.6 MiB once /metrics was
+`ssl` and hashlib load OpenSSL's libssl and libcrypto. Those were about 4.2 MiB
+of an idle agent's 27.4 MiB resident, and 4.7 MiB of its 31.8 once /metrics was
 first scraped (docs/performance.md, Memory).
 
 `held_back()` wraps those imports (`nodecache run`'s import of the server and
@@ -89,20 +89,17 @@ def _refuse(*args: object, **kwargs: object) -> Any:
 class PlaceholderSsl(ModuleType):
     """`ssl` without OpenSSL: what asyncio, uvloop and prometheus_client read on import; the rest from the real one."""
 
+    # asyncio (sslproto; SSLSocket at run time), uvloop (ten names, kept for its TLS transports), prometheus_client.
+    SSLContext = MemoryBIO = SSLSocket = _Refused
+    create_default_context = staticmethod(_refuse)
+    SSLError = SSLWantReadError = SSLSyscallError = SSLZeroReturnError = CertificateError = _SSLError
+    TLSVersion = _TLSVersion
+    SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE, SSL_ERROR_SYSCALL = SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE, SSL_ERROR_SYSCALL
+    PROTOCOL_TLS_CLIENT, PROTOCOL_TLS_SERVER = PROTOCOL_TLS_CLIENT, PROTOCOL_TLS_SERVER
+
     def __init__(self) -> None:
         super().__init__(SSL, "Placeholder for ssl while OpenSSL is held back (nodecache/notls.py).")
         self.__spec__ = ModuleSpec(SSL, None)
-        # asyncio (sslproto; SSLSocket at run time), uvloop, prometheus_client.
-        self.SSLContext = self.MemoryBIO = self.SSLSocket = _Refused
-        self.create_default_context = _refuse
-        self.SSLError = self.SSLWantReadError = self.SSLSyscallError = self.SSLZeroReturnError = _SSLError
-        self.CertificateError = _SSLError
-        self.TLSVersion = _TLSVersion
-        self.SSL_ERROR_WANT_READ = SSL_ERROR_WANT_READ
-        self.SSL_ERROR_WANT_WRITE = SSL_ERROR_WANT_WRITE
-        self.SSL_ERROR_SYSCALL = SSL_ERROR_SYSCALL
-        self.PROTOCOL_TLS_CLIENT = PROTOCOL_TLS_CLIENT
-        self.PROTOCOL_TLS_SERVER = PROTOCOL_TLS_SERVER
 
     def __getattr__(self, name: str) -> Any:
         """A name the placeholder lacks: load the real ssl (it stays loaded) and take the name from it."""

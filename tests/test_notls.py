@@ -20,7 +20,6 @@ from tests.dnsmsg import query
 from tests.support.clients import raw_udp
 from tests.support.fakeupstream import FakeUpstream
 from tests.support.http import scrape
-from tests.support.net import free_port
 
 OPENSSL_LIBRARIES = ("libssl", "libcrypto")
 
@@ -99,17 +98,16 @@ def test_nothing_is_held_back_once_ssl_is_loaded() -> None:
     assert sys.modules["ssl"] is ssl
 
 
-def test_a_scraped_agent_on_uvloop_has_no_openssl_in_memory(tmp_path: Path) -> None:
+def test_a_scraped_agent_on_uvloop_has_no_openssl_in_memory(
+    upstream: FakeUpstream, node_resolv_conf: Path, agent_port: int
+) -> None:
     """`nodecache run` answers, is scraped, and has mapped neither libssl nor libcrypto."""
-    conf = tmp_path / "resolv.conf"
-    conf.write_text("nameserver 127.0.0.254\n")
-    port = free_port()
-    with FakeUpstream() as up, AgentProcess(["--listen", "127.0.0.1", "--port", str(port), "--upstream",
-                                             f"127.0.0.1:{up.port}", "--node-resolv-conf", str(conf)]) as agent:
-        assert raw_udp("127.0.0.1", port, query("kubernetes.default.svc.cluster.local", qid=7))
-        assert agent.metrics_port is not None
+    cluster = f"127.0.0.1:{upstream.port}"
+    with AgentProcess(["--listen", "127.0.0.1", "--port", str(agent_port), "--upstream", cluster,
+                       "--node-resolv-conf", str(node_resolv_conf)]) as agent:  # fmt: skip
+        assert raw_udp("127.0.0.1", agent_port, query("kubernetes.default.svc.cluster.local", qid=7))
+        assert agent.metrics_port is not None and agent.proc is not None
         assert "coredns_cache_misses_total" in scrape("127.0.0.1", agent.metrics_port)
-        assert agent.proc is not None
         mapped = openssl_mapped(agent.proc.pid)
     assert "event loop: uvloop" in agent.log
     assert mapped == []
