@@ -8,7 +8,8 @@ of an idle agent's 27.4 MiB resident, and 4.7 MiB of its 31.8 once /metrics was
 first scraped (docs/performance.md, Memory).
 
 `held_back()` wraps those imports (`nodecache run`'s import of the server and
-its event loop, the first scrape's import of the metrics). Inside it:
+its event loop, the first scrape's import of the metrics, and pyroute2's when
+the agent manages its interface, which imports `ssl` too). Inside it:
 
 - `import ssl` gives a placeholder module: the names these modules read when
   they are imported (TLS classes that refuse to be made, exception classes,
@@ -105,7 +106,8 @@ class PlaceholderSsl(ModuleType):
         """A name the placeholder lacks: load the real ssl (it stays loaded) and take the name from it."""
         if name.startswith("__"):
             raise AttributeError(name)
-        log.info("ssl.%s was asked for: OpenSSL is loaded after all", name)
+        if "_ssl" not in sys.modules:
+            log.info("ssl.%s was asked for: OpenSSL is loaded after all", name)
         if sys.modules.get(SSL) is self:
             del sys.modules[SSL]
         return getattr(importlib.import_module(SSL), name)

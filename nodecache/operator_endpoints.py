@@ -107,7 +107,7 @@ class OperatorEndpoints:
         return f"dns://:{bound[0][1] if bound else self.config.port}"
 
     async def _metrics(self) -> Response:
-        """/metrics. prometheus_client, with what it imports, keeps 2-4 MiB resident: it is
+        """/metrics. prometheus_client, with what it imports, keeps about 4 MiB resident: it is
         loaded on the first scrape (a one-off pause of up to about 0.1 s), not at start; without OpenSSL,
         which it and the urllib it brings would load (notls.py)."""
         with notls.held_back():
