@@ -31,7 +31,7 @@ def fresh(code: str) -> list[str]:
     return done.stdout.split()
 
 
-def openssl_mapped(pid: int | str = "self") -> list[str]:
+def openssl_mapped(pid: int) -> list[str]:
     """The OpenSSL libraries in a process's memory map."""
     maps = Path(f"/proc/{pid}/maps").read_text()
     return [lib for lib in OPENSSL_LIBRARIES if lib in maps]
