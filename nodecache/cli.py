@@ -225,8 +225,12 @@ def run(**opts: Any) -> None:
     _setup_logging(opts["log_level"], opts["log_format"])
     explicit = _explicit_flags(click.get_current_context())
     config = _guard(lambda: load_config(opts, explicit))
-    from nodecache import server  # the event loop and sockets only for `run`
+    from nodecache import notls
 
+    with notls.held_back():  # asyncio and uvloop import ssl; the agent speaks no TLS (notls.py)
+        from nodecache import server  # the event loop and sockets only for `run`
+
+        server.loop_factory(config.loop)
     _guard(lambda: server.run(config, lambda: load_config(opts, explicit), watched_files(opts)))
 
 

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from nodecache import notls
 from nodecache.config import DEFAULT_HEALTH_PORT, DNS_PORT, Config, parse_ip
 from nodecache.errors import ConfigError, FirewallError, NetworkSetupError
 
@@ -153,7 +154,8 @@ class NodeSetup:
         self.local_ips = tuple(ip for ip in config.listen if not parse_ip(ip).is_loopback)
         self.keeper: InterfaceKeeper | None = None
         if self.local_ips:
-            from nodecache.netif import InterfaceKeeper
+            with notls.held_back():  # pyroute2 imports ssl (notls.py)
+                from nodecache.netif import InterfaceKeeper
 
             self.keeper = InterfaceKeeper(
                 config.interface_name, self.local_ips, manage=config.setup_interface,

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from nodecache import control, handover
+from nodecache import control, handover, notls
 from nodecache.config import DEFAULT_HANDOVER_MAX_BYTES, Address, Config
 from nodecache.control import ControlServer, Handler
 from nodecache.endpoints import TEXT, HttpEndpoint, Response
@@ -107,9 +107,11 @@ class OperatorEndpoints:
         return f"dns://:{bound[0][1] if bound else self.config.port}"
 
     async def _metrics(self) -> Response:
-        """/metrics. prometheus_client, with what it imports, keeps 2-4 MiB resident: it is
-        loaded on the first scrape (a one-off pause of up to about 0.1 s), not at start."""
-        from nodecache.metrics import CONTENT_TYPE, AgentCollector, exposition, registry
+        """/metrics. prometheus_client, with what it imports, keeps about 4 MiB resident: it is
+        loaded on the first scrape (a one-off pause of up to about 0.1 s), not at start; without OpenSSL,
+        which it and the urllib it brings would load (notls.py)."""
+        with notls.held_back():
+            from nodecache.metrics import CONTENT_TYPE, AgentCollector, exposition, registry
 
         if self._registry is None:
             collector = AgentCollector(

@@ -11,12 +11,12 @@ node's interface and rules (node.py).
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import signal
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from nodecache.config import Config
 from nodecache.health import Readiness
@@ -206,8 +206,30 @@ def run(config: Config, rebuild: Callable[[], Config] | None = None, watch: Sequ
 
     `rebuild` re-reads the configuration on SIGHUP or when a `watch`ed path changes.
     """
+    factory = loop_factory(config.loop)
     settle_gc()
-    _run_on_loop(Server(config, rebuild, watch).serve(), config.loop)
+    log.info("event loop: %s", "uvloop" if factory else "asyncio")
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(Server(config, rebuild, watch).serve())
+
+
+@functools.cache
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop factory, or None for the stock loop: `choice` is Config.loop ("auto", "uvloop", "asyncio").
+
+    Imports uvloop, once: `nodecache run` calls it inside notls.held_back(), so that uvloop's import of
+    ssl does not load OpenSSL. ImportError when uvloop is asked for and not installed.
+    """
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        log.warning("uvloop is not installed; running on the stock asyncio loop (hits are ~5x slower)")
+        return None
+    return uvloop.new_event_loop
 
 
 def settle_gc() -> None:
@@ -222,21 +244,3 @@ def settle_gc() -> None:
     gc.freeze()
     _young, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
-
-
-def _run_on_loop(coro: Coroutine[Any, Any, None], choice: str) -> None:
-    factory = None
-    if choice in ("auto", "uvloop"):
-        try:
-            import uvloop
-
-            factory = uvloop.new_event_loop
-        except ImportError:
-            if choice == "uvloop":
-                coro.close()
-                raise
-            log.warning("uvloop is not installed; running on the stock asyncio loop (hits are ~5x slower)")
-    log.info("event loop: %s", "uvloop" if factory else "asyncio")
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(coro)
-
