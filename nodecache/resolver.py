@@ -283,6 +283,7 @@ class Resolver:
         self.budget.attach([z.cache for z in self.zones])
         self._by_wire = {z.zone.wire: z for z in self.zones}
         self._by_wire[name_to_wire(LOCAL_ZONE)] = self.local
+        self._longest = max(map(len, self._by_wire))  # the longest zone name, in wire bytes (see zone_for)
         self._memo: dict[bytes, ZoneRuntime | None] = {}
         self._inflight: dict[bytes, Flight] = {}
         self.deadlines = Timers()  # the flights' answer deadlines, on one loop timer
@@ -324,6 +325,7 @@ class Resolver:
         self.zones = zones
         self.budget.attach([z.cache for z in zones], config.cache_memory)
         self._by_wire = by_wire
+        self._longest = max(map(len, by_wire))
         self._memo = {}
         self.replies.invalidate()  # removed zones' entries, a new --max-udp-payload
         self._udp_cap = config.max_udp_payload
@@ -339,10 +341,13 @@ class Resolver:
         if zone is not self:
             return zone  # type: ignore[return-value]
         found = None
-        i = 0
-        for _ in range(128):
-            found = self._by_wire.get(lname[i:])
-            if found is not None or i >= len(lname) or lname[i] == 0:
+        by_wire = self._by_wire
+        i, end = 0, len(lname)
+        while end - i > self._longest:  # labels no zone is that long from: skipped without a lookup
+            i += lname[i] + 1
+        while i < end:
+            found = by_wire.get(lname[i:])
+            if found is not None or lname[i] == 0:
                 break
             i += lname[i] + 1
         if len(self._memo) >= ZONE_MEMO_LIMIT:
@@ -653,19 +658,20 @@ class Resolver:
         waiters, flight.waiters = flight.waiters, []
         self.waiting -= len(waiters)
         zone = flight.zone
-        if isinstance(exc, asyncio.CancelledError):  # the resolver is closing
-            for w in waiters:
-                self._finish(zone, w, _servfail(w[0], w[1], self._udp_cap), "miss", "")
-            return
-        if isinstance(exc, Overloaded):
-            zone.stats.overloaded += len(waiters)
-            for w in waiters:
-                q = w[1]
-                self._finish(zone, w, wire.error_reply(w[0], wire.REFUSED, q.qend, q.edns, q.do, self._udp_cap),
-                             "refused", "")  # fmt: skip
-            return
-        if exc is not None and not isinstance(exc, UpstreamError):
-            log.error("zone %s: resolving failed unexpectedly", zone.name, exc_info=exc)
+        if exc is not None:
+            if isinstance(exc, asyncio.CancelledError):  # the resolver is closing
+                for w in waiters:
+                    self._finish(zone, w, _servfail(w[0], w[1], self._udp_cap), "miss", "")
+                return
+            if isinstance(exc, Overloaded):
+                zone.stats.overloaded += len(waiters)
+                for w in waiters:
+                    q = w[1]
+                    self._finish(zone, w, wire.error_reply(w[0], wire.REFUSED, q.qend, q.edns, q.do, self._udp_cap),
+                                 "refused", "")  # fmt: skip
+                return
+            if not isinstance(exc, UpstreamError):
+                log.error("zone %s: resolving failed unexpectedly", zone.name, exc_info=exc)
         if entry is None:
             for w in waiters:  # no answer: stale or SERVFAIL
                 self._fall_back(zone, w)
