@@ -122,22 +122,26 @@ def skip_name(msg: bytes, i: int) -> int:
 
 
 def _scan_question(msg: bytes) -> int:
-    """Return the end of the single question; the name must be uncompressed."""
-    n = len(msg)
+    """Return the end of the single question; the name must be uncompressed.
+
+    Every query and every upstream reply goes through here: the label walk
+    is kept to a few bytecodes a label, and running past the end is caught
+    as the IndexError it raises rather than tested for at every label.
+    """
     i = HEADER_LEN
-    while True:
-        if i >= n:
-            raise Malformed("question name runs past the end")
+    try:
         length = msg[i]
-        if length == 0:
-            break
-        if length > 63:
-            raise Malformed("compressed or invalid label in the question")
-        i += length + 1
+        while length:
+            if length > 63:
+                raise Malformed("compressed or invalid label in the question")
+            i += length + 1
+            length = msg[i]
+    except IndexError:
+        raise Malformed("question name runs past the end") from None
     i += 1
     if i - HEADER_LEN > MAX_NAME_LEN:
         raise Malformed("question name longer than 255 octets")
-    if i + 4 > n:
+    if i + 4 > len(msg):
         raise Malformed("question has no type and class")
     return i + 4
 
