@@ -77,7 +77,8 @@ async def test_upstream_queries_use_random_ids_and_source_ports(upstream: FakeUp
         for i in range(0, count, 24):
             await asyncio.gather(*(ask_udp(port, query(f"n{j}.example.test", qid=7)) for j in range(i, i + 24)))
     seen = [r for r in upstream.received() if r.transport == "udp" and r.qname.endswith("example.test.")]
-    assert len(seen) == count
+    # Every name asked; a reply slower than the retransmission timer (a loaded machine) may add a retry.
+    assert {r.qname for r in seen} == {f"n{j}.example.test." for j in range(count)}
     assert len({r.id for r in seen}) >= count * 0.9  # 16 random bits: a few collisions at most
     per_port = Counter(r.src_port for r in seen)
     assert max(per_port.values()) <= UDP_SOCKET_USES
