@@ -174,7 +174,9 @@ class UdpListener(asyncio.DatagramProtocol):
         self.countdown = self.activity.countdown()
         self.query_log = resolver.query_log
         self.clock = resolver.clock
-        self.replays = resolver.replies.by_via[VIA_UDP4]  # what readable replays; see connection_made
+        # What readable replays: the resolver's own memo map for this socket's way (set again in
+        # connection_made), which cache.ReplyMemo clears in place and never replaces.
+        self.replays = resolver.replies.by_via[VIA_UDP4]
         if self.query_log is not None:
             self.datagram_received = self._logged  # type: ignore[method-assign]
 

@@ -107,6 +107,10 @@ async def test_replayed_hits_go_out_from_the_batch_as_the_resolver_would_answer_
                 assert zero_ttls(reply) == zero_ttls(hits[(p, qid)])  # its own ID and question, the same records
         batch = transport.batch
         assert (batch.truncated, batch.send_dropped, batch.send_failed) == (0, 0, 0)
+        answered.clear()
+        srv.resolver.flush()  # every entry gone: the memo forgets their replies, and so does the reader
+        assert await ask_udp(port, query(NAMES[0], "A", qid=1)) is not None
+        assert len(answered) == 1
 
 
 @pytest.mark.parametrize("size", [0, 1])
