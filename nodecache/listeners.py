@@ -63,8 +63,8 @@ REFUSAL_LOG_INTERVAL = 60.0  # seconds between log lines about refused TCP conne
 # than UDP_BATCH_DATAGRAM (no real client sends one) is dropped and counted; 64 slots of 2 KiB are
 # 128 KiB per socket. Replies need no slots: sendmmsg reads them where they are (mmsg.PAIR).
 UDP_BATCH_DATAGRAM = 2048
-# Every wake-up reads with recvmmsg, even when it finds one query: measured at 40k q/s offered (most
-# wake-ups then find one or two), that costs ~1.3 us of CPU a query less than reading a quiet socket
+# Every wake-up reads with recvmmsg, even when it finds one query: measured at 40k q/s offered (a
+# wake-up then finds a few, often one), that costs ~1.3 us of CPU a query less than reading a quiet socket
 # with recvfrom and sendto, which an earlier version did after a batch of one (docs/performance.md).
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 IPV6_FREEBIND = 78  # Linux 4.15+; not exported by the socket module

@@ -128,8 +128,8 @@ class Batch:
         self.size = size
         self.slot = datagram
         self.family = sock.family
-        # The replies in the send slots, referenced until flush() has sent them: the kernel reads
-        # their bytes where they are (see BYTES_AT), so they must not be freed before.
+        # The reply in each send slot, referenced until flush() has sent it, as the kernel reads its
+        # bytes where they are (see BYTES_AT), and then until the slot is used again: at most `size`.
         self.replies: list[bytes | None] = [None] * size
         # The receive slots are one anonymous mapping: its pages become resident only once a
         # datagram is written to them, so an agent that never sees a burst does not pay for 64 slots.
