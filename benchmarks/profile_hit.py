@@ -216,9 +216,9 @@ def where(key: tuple[str, int, str]) -> str:
 
 
 # The listener callbacks a UDP query enters by: batched (the default; readable once per wake-up, which
-# hands a batch of more than one query, or a sampled one, to datagrams_received) or the
-# event loop's datagram transport (--udp-batch 0 or 1; once per query). The report names those that ran.
-RECEIVE_ENTRIES = ("readable", "datagrams_received", "datagram_received")
+# replays remembered hits itself) or the event loop's datagram transport (--udp-batch 0 or 1; once per
+# query). The report names those that ran.
+RECEIVE_ENTRIES = ("readable", "datagram_received")
 
 
 def is_dnslib(key: tuple[str, int, str]) -> bool:

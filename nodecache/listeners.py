@@ -58,15 +58,13 @@ LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger =
 REFUSAL_LOG_INTERVAL = 60.0  # seconds between log lines about refused TCP connections
 # Bind before the address exists: the agent serves first, then adds its
 # addresses to the interface, then steers traffic with iptables rules.
-# Batched UDP (UdpBatchTransport, mmsg.Batch): datagrams per recvmmsg/sendmmsg, and the buffer slots.
+# Batched UDP (UdpBatchTransport, mmsg.Batch): datagrams per recvmmsg/sendmmsg, and the receive slots.
 # A query is small (a name of at most 255 bytes, an OPT with a cookie or padding), so a query larger
 # than UDP_BATCH_DATAGRAM (no real client sends one) is dropped and counted; 64 slots of 2 KiB are
-# 128 KiB per socket. A reply slot holds --max-udp-payload bytes up to UDP_BATCH_REPLY; a longer
-# reply (a larger --max-udp-payload) goes out alone with sendto.
+# 128 KiB per socket. Replies need no slots: sendmmsg reads them where they are (mmsg.PAIR).
 UDP_BATCH_DATAGRAM = 2048
-UDP_BATCH_REPLY = 4096
-# Every wake-up reads with recvmmsg, even when it finds one query: measured at 40k q/s offered (most
-# wake-ups then find one or two), that costs ~1.3 us of CPU a query less than reading a quiet socket
+# Every wake-up reads with recvmmsg, even when it finds one query: measured at 40k q/s offered (a
+# wake-up then finds a few, often one), that costs ~1.3 us of CPU a query less than reading a quiet socket
 # with recvfrom and sendto, which an earlier version did after a batch of one (docs/performance.md).
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 IPV6_FREEBIND = 78  # Linux 4.15+; not exported by the socket module
@@ -175,17 +173,23 @@ class UdpListener(asyncio.DatagramProtocol):
         self.activity = resolver.activity
         self.countdown = self.activity.countdown()
         self.query_log = resolver.query_log
+        self.clock = resolver.clock
+        # What readable replays: the resolver's own memo map for this socket's way (set again in
+        # connection_made), which cache.ReplyMemo clears in place and never replaces.
+        self.replays = resolver.replies.by_via[VIA_UDP4]
         if self.query_log is not None:
             self.datagram_received = self._logged  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.via = VIA_UDP6 if _is_v6(transport) else VIA_UDP4
+        self.replays = self.resolver.replies.by_via[self.via]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.countdown -= 1
         if not self.countdown:
-            return self._observed(data, addr)
+            self._observed(data, addr)
+            return
         r = self.answer(data, self.via)
         if r.__class__ is bytes:
             self.transport.sendto(r, addr)  # type: ignore[union-attr]
@@ -193,77 +197,82 @@ class UdpListener(asyncio.DatagramProtocol):
             self.submit(data, r, self.via, self._deliver, addr)  # type: ignore[arg-type]
 
     def readable(self, batch: mmsg.Batch) -> None:
-        """The batched socket's reader callback (UdpBatchTransport): one recvmmsg, then the answers.
+        """The batched socket's reader callback (UdpBatchTransport): one recvmmsg, the answers, one sendmmsg.
 
-        At a moderate rate most wake-ups read one query. A hit among them that
-        is neither sampled nor logged is answered here, with send_one, without
-        datagrams_received's loop and its bookkeeping: the same logic as
-        datagram_received's fast branch, which test_hitpath_variants holds
+        A query answered from the cache this second (cache.ReplyMemo) is
+        replayed here, as Resolver.answer would replay it, without a call:
+        its reply goes out as the query's own ID, where recvmmsg put it, and
+        the memo's bytes, neither copied. Every other query, and each one
+        the sampling countdown or the query log wants, takes
+        datagram_received's logic; test_hitpath_variants holds the branches
         to the same bytes.
         """
-        datagrams = batch.receive()
-        if len(datagrams) == 1 and self.countdown > 1 and self.query_log is None:
-            self.countdown -= 1
-            data = datagrams[0]
-            r = self.answer(data, self.via)
-            if r.__class__ is bytes:
-                batch.send_one(r)  # type: ignore[arg-type]
-            elif r is not None:
-                self.submit(data, r, self.via, self._deliver, batch.peer(0))  # type: ignore[arg-type]
-        elif datagrams:
-            self.datagrams_received(datagrams, batch)
-
-    def datagrams_received(self, datagrams: list[bytes], batch: mmsg.Batch) -> None:
-        """A batch read with recvmmsg (UdpBatchTransport): hits answered in one sendmmsg.
-
-        The same logic as datagram_received, per datagram: the peer's address
-        is made into a tuple only for a miss or the observed branch.
-        """
-        replies = batch.replies
-        answer, via = self.answer, self.via
+        lengths = batch.read()
+        if not lengths:
+            return
+        memo = self.replays if self.query_log is None else {}  # the query log sees every query
+        via = self.via
+        now = self.clock()
+        incoming, slot, ids_at = batch.incoming, batch.slot, batch.ids_at
+        vector, kept = batch.send_vector, batch.replies
         observe_all = self.query_log is not None
         countdown = self.countdown
-        n = 0
+        at = out = i = 0
         try:
-            for data in datagrams:
+            for length in lengths:
                 countdown -= 1
-                if observe_all or not countdown:
-                    self.countdown = countdown
-                    self._observed(data, batch.peer(n), replies, n)
-                    countdown = self.countdown
+                # The bytes after the ID, straight from the slot (a cut datagram, length > slot, is not looked up).
+                replay = memo.get(incoming[at + 2 : at + length]) if length <= slot and countdown else None
+                if replay is not None and now < replay[1]:  # as Resolver.answer replays it
+                    replay[2][via] += 1
+                    tail = replay[0]
+                    if out != i:
+                        batch.move_peer(i, out)
+                    mmsg.set_pair(vector, out * mmsg.PAIR, ids_at + at, 2, id(tail) + mmsg.BYTES_AT, len(tail))
+                    kept[out] = tail  # the kernel reads it in flush(): held until then
+                    out += 1
                 else:
-                    r = answer(data, via)
+                    data = batch.datagram(i, length)
+                    if observe_all or not countdown:
+                        self.countdown = countdown
+                        r: bytes | wire.Query | None = self._observed(data, batch.peer(i), batched=True)
+                        countdown = self.countdown
+                    else:
+                        r = self.answer(data, via)
+                        if r.__class__ is not bytes and r is not None:
+                            self.submit(data, r, via, self._deliver, batch.peer(i))  # type: ignore[arg-type]
                     if r.__class__ is bytes:
-                        replies[n] = r  # type: ignore[assignment]
-                    elif r is not None:
-                        self.submit(data, r, via, self._deliver, batch.peer(n))  # type: ignore[arg-type]
-                n += 1
+                        batch.put(out, i, r)  # type: ignore[arg-type]
+                        out += 1
+                at += slot
+                i += 1
         finally:
             self.countdown = countdown
-            batch.send(n)
+            batch.flush(out)
 
     def _logged(self, data: bytes, addr: Any) -> None:
         """datagram_received with the query log on: every query takes the observed branch."""
         self.countdown -= 1
         self._observed(data, addr)
 
-    def _observed(self, data: bytes, addr: Any, replies: list[bytes | None] | None = None, slot: int = 0) -> None:
+    def _observed(self, data: bytes, addr: Any, batched: bool = False) -> bytes | None:
         """One query on the sampled or logged branch: timed, sampled when due, logged when on.
 
         The one copy of the answering logic besides the fast branches;
         tests/test_hitpath_variants.py holds them to the same bytes. Inside a
-        batch (`replies`) a hit's reply goes in its slot, out with the batch's
-        sendmmsg, rather than in a system call of its own.
+        batch (`batched`) a hit's reply is returned, to go out with the
+        batch's sendmmsg, rather than in a system call of its own.
         """
         started = time.perf_counter()
         sampled = not self.countdown
         ql = self.query_log
         r = self.answer(data, self.via)
+        reply: bytes | None = None
         if r.__class__ is bytes:
-            if replies is None:
-                self.transport.sendto(r, addr)  # type: ignore[union-attr]
+            if batched:
+                reply = r  # type: ignore[assignment]
             else:
-                replies[slot] = r  # type: ignore[assignment]
+                self.transport.sendto(r, addr)  # type: ignore[union-attr]
             took = time.perf_counter() - started
             if sampled:
                 self.activity.hit_took(took)
@@ -277,6 +286,7 @@ class UdpListener(asyncio.DatagramProtocol):
         if sampled:
             self.countdown = self.activity.countdown()
             self.activity.sample(_lname(data), addr[0] if isinstance(addr, tuple) else None)
+        return reply
 
     def _deliver(self, addr: Any, reply: bytes, _outcome: str) -> None:
         """A miss's answer (Resolver.submit); the socket may have closed meanwhile."""
@@ -304,12 +314,11 @@ class UdpBatchTransport:
     out one by one (`sendto`).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: UdpListener, size: int,
-                 reply: int) -> None:  # fmt: skip
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: UdpListener, size: int) -> None:
         self.loop = loop
         self.sock = sock
         self.protocol = protocol
-        self.batch = mmsg.Batch(sock, size, UDP_BATCH_DATAGRAM, min(reply, UDP_BATCH_REPLY))
+        self.batch = mmsg.Batch(sock, size, UDP_BATCH_DATAGRAM)
         self.sendto = self.batch.sendto
         self._closing = False
         self._fd = sock.fileno()

@@ -69,7 +69,7 @@ class ListenerSet:
         size = self.config.udp_batch
         why = mmsg.available() if size > 1 else None
         if size > 1 and why is None:
-            return UdpBatchTransport(loop, sock, UdpListener(self.resolver), size, self.config.max_udp_payload)
+            return UdpBatchTransport(loop, sock, UdpListener(self.resolver), size)
         if why is not None and not self._fallback_logged:
             self._fallback_logged = True
             log.warning("UDP queries are read one at a time (--udp-batch %d is not possible: %s)", size, why)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -14,6 +16,7 @@ from nodecache.listeners import UDP_BATCH_DATAGRAM, UdpBatchTransport, make_sock
 from tests.conftest import ask_udp, make_config, running
 from tests.dnsmsg import query
 from tests.support.fakeupstream import FakeUpstream
+from tests.test_hitpath_variants import zero_ttls
 
 D = "default.svc.cluster.local."
 NAMES = [f"kubernetes.{D}", f"web.{D}", f"nothere.{D}", "kube-dns.kube-system.svc.cluster.local."]
@@ -23,8 +26,13 @@ ROUNDS = 5  # queries each peer sends at once, before reading any reply
 needs_mmsg = pytest.mark.skipif(mmsg.available() is not None, reason=f"no batch calls here: {mmsg.available()}")
 
 
-async def burst(port: int, host: str = "127.0.0.1") -> dict[tuple[int, int], bytes]:
-    """Every peer sends ROUNDS queries without waiting, then reads its replies; {(peer, ID): reply}."""
+def usual(p: int, r: int) -> str:
+    """The name peer p asks in round r."""
+    return NAMES[(p + r) % len(NAMES)]
+
+
+async def burst(port: int, host: str = "127.0.0.1", ask: Callable[[int, int], str] = usual) -> dict[tuple[int, int], bytes]:
+    """Every peer sends ROUNDS queries (ask(peer, round)) without waiting, then reads its replies; {(peer, ID): reply}."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     socks = []
     try:
@@ -34,7 +42,7 @@ async def burst(port: int, host: str = "127.0.0.1") -> dict[tuple[int, int], byt
             s.bind((host, 0))
             socks.append(s)
             for r in range(ROUNDS):
-                s.sendto(query(NAMES[(p + r) % len(NAMES)], "A", qid=p * ROUNDS + r), (host, port))
+                s.sendto(query(ask(p, r), "A", qid=p * ROUNDS + r), (host, port))
         loop = asyncio.get_running_loop()
         got: dict[tuple[int, int], bytes] = {}
         for p, s in enumerate(socks):
@@ -67,6 +75,42 @@ async def test_a_burst_from_many_peers_is_answered_in_batches_each_reply_to_its_
         batch = transport.batch
         assert batch.received == 2 * PEERS * ROUNDS and batch.batches < batch.received  # several per read
         assert (batch.truncated, batch.send_dropped, batch.send_failed) == (0, 0, 0)
+
+
+@needs_mmsg
+async def test_replayed_hits_go_out_from_the_batch_as_the_resolver_would_answer_each_to_its_asker(
+    upstream: FakeUpstream,
+) -> None:
+    """The reader's replay branch (cache.ReplyMemo, no call to Resolver.answer), with misses in the same batches."""
+    async with running(make_config([f"127.0.0.1:{upstream.port}"])) as srv:
+        transport = srv._listeners["127.0.0.1"][0]
+        assert isinstance(transport, UdpBatchTransport)
+        listener, port = transport.protocol, srv.bound[0][1]
+        listener.countdown = 1 << 30  # no sampling: the branches taken under load
+        await burst(port)  # misses
+        hits = await burst(port)  # hits on the full path, remembered
+        answered: list[bytes] = []
+        answer = listener.answer
+
+        def counted(data: bytes, via: int) -> Any:
+            answered.append(data)
+            return answer(data, via)
+
+        listener.answer = counted  # type: ignore[method-assign]
+        # Round 2 of every peer: a miss between replays, so later replies move down a send slot.
+        replays = await burst(port, ask=lambda p, r: f"new{p}.{D}" if r == 2 else usual(p, r))
+        assert sorted(wire.scan_query(d).lname for d in answered) == sorted(
+            wire.scan_query(query(f"new{p}.{D}")).lname for p in range(PEERS)
+        )  # every other query was replayed by the reader itself
+        for (p, qid), reply in replays.items():
+            if qid % ROUNDS != 2:
+                assert zero_ttls(reply) == zero_ttls(hits[(p, qid)])  # its own ID and question, the same records
+        batch = transport.batch
+        assert (batch.truncated, batch.send_dropped, batch.send_failed) == (0, 0, 0)
+        answered.clear()
+        srv.resolver.flush()  # every entry gone: the memo forgets their replies, and so does the reader
+        assert await ask_udp(port, query(NAMES[0], "A", qid=1)) is not None
+        assert len(answered) == 1
 
 
 @pytest.mark.parametrize("size", [0, 1])

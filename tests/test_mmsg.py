@@ -1,4 +1,4 @@
-"""mmsg.Batch: many datagrams per recvmmsg, replies per sendmmsg, each to its own peer."""
+"""mmsg.Batch: many datagrams per recvmmsg, replies per sendmmsg from where their bytes are, each to its own peer."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from nodecache import mmsg
 
 pytestmark = pytest.mark.skipif(mmsg.available() is not None, reason=f"no batch calls here: {mmsg.available()}")
 
-SLOT = 64  # receive and reply slot size in these tests
+SLOT = 64  # receive slot size in these tests
 
 
 def _has_ipv6() -> bool:
@@ -56,13 +56,28 @@ def wait_readable(sock: socket.socket) -> None:
     assert select.select([sock], [], [], 2)[0], "nothing arrived"
 
 
+def receive(batch: mmsg.Batch) -> list[bytes]:
+    """One read: the datagrams it got (b"" for one too large for its slot)."""
+    return [batch.datagram(i, length) for i, length in enumerate(batch.read())]
+
+
 def receive_all(batch: mmsg.Batch, expected: int) -> list[bytes]:
     """Batches until `expected` datagrams were read (bounded: each wait is at most 2 s)."""
     got: list[bytes] = []
     while len(got) < expected:
         wait_readable(batch.sock)
-        got += batch.receive()
+        got += receive(batch)
     return got
+
+
+def send(batch: mmsg.Batch, replies: list[bytes | None]) -> None:
+    """replies[i] (None: none now) to the peer of query i, in one flush."""
+    out = 0
+    for i, r in enumerate(replies):
+        if r is not None:
+            batch.put(out, i, r)
+            out += 1
+    batch.flush(out)
 
 
 def asked(server: socket.socket, *payloads: bytes) -> tuple[socket.socket, mmsg.Batch, list[bytes]]:
@@ -70,14 +85,14 @@ def asked(server: socket.socket, *payloads: bytes) -> tuple[socket.socket, mmsg.
     (c,) = clients(server, 1)
     for data in payloads:
         c.sendto(data, server.getsockname())
-    batch = mmsg.Batch(server, 8, SLOT, SLOT)
+    batch = mmsg.Batch(server, 8, SLOT)
     return c, batch, receive_all(batch, len(payloads))
 
 
 def test_nothing_waiting_reads_nothing(server: socket.socket) -> None:
-    batch = mmsg.Batch(server, 8, SLOT, SLOT)
-    assert batch.receive() == [] and (batch.received, batch.errors) == (0, 0)
-    batch.send(0)  # nothing queued: no call, no error
+    batch = mmsg.Batch(server, 8, SLOT)
+    assert batch.read() == () and (batch.received, batch.errors) == (0, 0)
+    batch.flush(0)  # nothing queued: no call, no error
     assert batch.sent == 0
 
 
@@ -86,19 +101,19 @@ def test_each_reply_goes_to_the_peer_of_its_query_even_with_gaps(server: socket.
     try:
         for i, c in enumerate(peers):
             c.sendto(f"q{i}".encode(), server.getsockname())
-        batch = mmsg.Batch(server, 8, SLOT, SLOT)
+        batch = mmsg.Batch(server, 8, SLOT)
         got: list[bytes] = []
         while len(got) < len(peers):
             wait_readable(server)
-            read = batch.receive()
+            read = receive(batch)
             assert 0 < len(read) <= 8
+            replies: list[bytes | None] = []
             for j, data in enumerate(read):
                 i = int(data[1:])
                 assert batch.peer(j)[:2] == peers[i].getsockname()[:2]
-                if i % 3:  # some slots get no reply now: later replies move down over them
-                    batch.replies[j] = b"r" + data
-            batch.send(len(read))
-            assert batch.replies == [None] * 8  # cleared for the next batch
+                # Some queries get no reply now: later replies move down over their slots.
+                replies.append(b"r" + data if i % 3 else None)
+            send(batch, replies)
             got += read
         assert sorted(got) == sorted(f"q{i}".encode() for i in range(20))
         for i, c in enumerate(peers):
@@ -123,12 +138,22 @@ def test_empty_and_largest_datagrams_pass_larger_ones_are_dropped_and_counted(se
         assert batch.truncated == 2 and batch.received == 5
 
 
-def test_a_reply_larger_than_its_slot_goes_out_alone(server: socket.socket) -> None:
+def test_a_reply_goes_out_from_its_own_bytes_whatever_its_size(server: socket.socket) -> None:
     c, batch, _ = asked(server, b"q")
     with c:
-        batch.replies[0] = b"b" * 1000
-        batch.send(1)
-        assert c.recvfrom(2000)[0] == b"b" * 1000 and batch.sent == 1
+        batch.put(0, 0, b"b" * 3000)  # no send buffer to outgrow: the kernel reads the reply where it is
+        batch.flush(1)
+        assert c.recvfrom(4000)[0] == b"b" * 3000 and batch.sent == 1
+
+
+def test_a_replayed_reply_is_the_querys_own_id_and_the_rest(server: socket.socket) -> None:
+    """The listener's replay branch: send slot 0 points at query 0's ID where it was read, then `tail`."""
+    c, batch, _ = asked(server, b"\x12\x34query")
+    tail = b"the rest of a reply"
+    with c:
+        mmsg.set_pair(batch.send_vector, 0, batch.ids_at, 2, id(tail) + mmsg.BYTES_AT, len(tail))
+        batch.flush(1)
+        assert c.recv(100) == b"\x12\x34" + tail and batch.sent == 1
 
 
 def test_a_reply_the_kernel_refuses_is_counted_and_the_rest_still_go(server: socket.socket) -> None:
@@ -136,13 +161,12 @@ def test_a_reply_the_kernel_refuses_is_counted_and_the_rest_still_go(server: soc
     try:
         for c in peers:
             c.sendto(b"q", server.getsockname())
-        batch = mmsg.Batch(server, 4, SLOT, SLOT)
+        batch = mmsg.Batch(server, 4, SLOT)
         receive_all(batch, 3)
         # The middle peer's address becomes port 0, which no datagram may be sent to.
         port_at = 2
-        batch._names_view[mmsg._SOCKADDR + port_at : mmsg._SOCKADDR + port_at + 2] = b"\0\0"
-        batch.replies[:3] = [b"r0", b"r1", b"r2"]
-        batch.send(3)
+        batch.names[mmsg._SOCKADDR + port_at : mmsg._SOCKADDR + port_at + 2] = b"\0\0"
+        send(batch, [b"r0", b"r1", b"r2"])
         assert (batch.sent, batch.send_failed) == (2, 1)
         assert peers[0].recv(10) == b"r0" and peers[2].recv(10) == b"r2"
     finally:
@@ -150,19 +174,10 @@ def test_a_reply_the_kernel_refuses_is_counted_and_the_rest_still_go(server: soc
             c.close()
 
 
-@pytest.mark.parametrize("reply", [b"r" * SLOT, b"b" * 1000], ids=["in its slot", "larger than its slot"])
-def test_a_single_reply_goes_to_its_asker_and_is_counted(server: socket.socket, reply: bytes) -> None:
+def test_a_single_reply_goes_to_its_asker_and_is_counted(server: socket.socket) -> None:
     c, batch, got = asked(server, b"q")
     with c:
         assert got == [b"q"] and (batch.received, batch.batches) == (1, 1)
-        batch.send_one(reply)
-        assert c.recvfrom(2000) == (reply, server.getsockname()) and batch.sent == 1
+        send(batch, [b"r"])
+        assert c.recvfrom(100) == (b"r", server.getsockname()) and batch.sent == 1
 
-
-def test_a_single_reply_the_kernel_refuses_is_counted(server: socket.socket) -> None:
-    c, batch, _ = asked(server, b"q")
-    with c:
-        port_at = 2  # the peer's address becomes port 0, which no datagram may be sent to
-        batch._names_view[port_at : port_at + 2] = b"\0\0"
-        batch.send_one(b"r")
-        assert (batch.sent, batch.send_failed, batch.send_dropped) == (0, 1, 0)
