@@ -675,7 +675,9 @@ class ZoneCache:
 
     def store(self, key: bytes, scan: wire.ReplyScan, do: bool, payload: int) -> Entry:
         """Make the entry for an upstream reply and keep it if the rules allow."""
-        scan, cut = _for_cut(key, scan)
+        cut = False
+        if scan.rcode == wire.NXDOMAIN:  # only a plain NXDOMAIN can cut (`_for_cut`): answers skip two calls
+            scan, cut = _for_cut(key, scan)
         kind = classify(scan)
         now = self.clock()
         p = self.policy
