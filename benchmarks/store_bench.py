@@ -12,21 +12,28 @@ agent's real CPU per miss comes from `profile_miss.py --no-profile`.
 
     .venv/bin/python benchmarks/store_bench.py [--stores N] [--reps R]
     .venv/bin/python benchmarks/store_bench.py --src OLD_TREE   # the same loop on another tree's code
+    .venv/bin/python benchmarks/store_bench.py --instructions 5000 [--src OLD_TREE]   # needs valgrind
 
 On a busy machine the times move by a quarter from run to run; instruction
-counts do not. Count them under callgrind for two numbers of stores, with and
-without --prepare-only, and take the differences (see docs/performance.md).
+counts do not. --instructions N runs this script four times under callgrind
+(N and 2N stores, each also with --prepare-only) and prints the instructions
+per scan and store: the differences, so start-up and the test data cancel out.
+With PYTHONHASHSEED fixed the count repeats to within a few instructions.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 PAYLOAD = 1232
+HASH_SEED = "0"  # fixed under callgrind, so the count repeats
 RECORD_TTL = 30  # the sample zone's TTL: equal to the cluster zone's success cap
 
 
@@ -39,10 +46,33 @@ def parse_args() -> argparse.Namespace:
                    help="build the queries and replies but neither scan nor store them: the baseline to subtract "
                         "when counting instructions (callgrind) rather than timing")
     p.add_argument("--src", type=Path, default=None, help="import nodecache from this source tree instead")
+    p.add_argument("--instructions", type=int, metavar="N", default=None,
+                   help="count instructions per scan and store under callgrind (N and 2N stores) instead of timing")
     args = p.parse_args()
-    if args.stores < 1 or args.reps < 1:
-        p.error("--stores and --reps must be positive")
+    if args.stores < 1 or args.reps < 1 or (args.instructions is not None and args.instructions < 1):
+        p.error("--stores, --reps and --instructions must be positive")
     return args
+
+
+def counted(stores: int, src: Path | None, prepare_only: bool) -> int:
+    """Instructions callgrind counts for one repetition of `stores` stores (or their preparation alone)."""
+    argv = [sys.executable, __file__, "--reps", "1", "--stores", str(stores)]
+    argv += ["--src", str(src)] if src is not None else []
+    argv += ["--prepare-only"] if prepare_only else []
+    run = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": HASH_SEED}, check=True)
+    found = re.search(r"Collected : (\d+)", run.stderr)
+    if found is None:
+        raise SystemExit(f"no instruction count in callgrind's output:\n{run.stderr}")
+    return int(found.group(1))
+
+
+def instructions(n: int, src: Path | None) -> None:
+    """Print the instructions per scan and store: (2N - N stores) less (2N - N preparations), over N."""
+    total = counted(2 * n, src, False) - counted(n, src, False)
+    prepare = counted(2 * n, src, True) - counted(n, src, True)
+    print(f"{(total - prepare) / n:,.0f} instructions per scan_reply and store into a full cache "
+          f"(callgrind, {n:,} vs {2 * n:,} stores, less their preparation: {prepare / n:,.0f} each)")
 
 
 def name_wire(name: str) -> bytes:
@@ -62,6 +92,9 @@ def exchange(n: int, run: int) -> tuple[bytes, bytes]:
 
 def main() -> int:
     args = parse_args()
+    if args.instructions is not None:
+        instructions(args.instructions, args.src)
+        return 0
     if args.src is not None:
         sys.path.insert(0, str(args.src.resolve()))
     from nodecache import wire
