@@ -31,7 +31,6 @@ import enum
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import TypeVar
 
 from nodecache import wire
 from nodecache.config import CachePolicy
@@ -49,34 +48,23 @@ MAX_CUTS = 4  # truncation points an entry remembers (one per client size limit 
 # growth. Measured with tracemalloc on CPython 3.11: 75 bytes a key from 5,000
 # to 10,000 keys (85 at 2,000), so the figure is exact for a full default cache.
 LRU_SLOT_BYTES = 75
-# Values entries share instead of each keeping a copy: the header variants with
-# the OPT record (one per flags and counts), and the packed TTL maps (one per
-# record layout and TTLs). Bounded: past it, new values are kept per entry and
-# charged to it. The table itself is at most a few hundred KiB.
 INDEX_SLOT_BYTES = 30  # a plain dict's slot (the NXDOMAIN index), likewise at 9,984 keys (30 to 59 as it grows)
+# Values entries share instead of each keeping a copy: the packed TTL maps (one
+# per record layout and TTLs, keyed by themselves) and the shapes, the header
+# variants with the OPT record (one per flags and counts, keyed by what they are
+# made of). Bounded: past it, new values are kept per entry and charged to it.
+# Nothing ever leaves the table, so whether a value is shared never changes
+# while an entry holds it. The table itself is at most a few hundred KiB.
 MAX_SHARED = 4096
 _shared: dict[object, object] = {}
-# Sizes as sys.getsizeof gives them, computed once: `footprint` runs twice a miss (store, eviction).
+# Sizes as sys.getsizeof gives them, computed once: `slot_size` runs twice a miss (store, eviction).
 _FLOAT_BYTES = sys.getsizeof(0.0)
 _BYTES_HEAD = sys.getsizeof(b"")  # a bytes object is this plus its length
-_OWN_SHAPE_BYTES = sys.getsizeof((0,) * 7) + 4 * (_BYTES_HEAD + wire.HEADER_LEN - 2) + _BYTES_HEAD + wire.OPT_LEN
-# An entry's shared part: four headers, the OPT record, the stale window, the kind (see Entry.__init__).
-Shape = tuple[bytes, bytes, bytes, bytes, bytes, int, "Kind | None"]
-_T = TypeVar("_T", bytes, Shape)
-
-
-def _share(value: _T) -> _T:
-    """The one shared copy of `value` (or `value` itself once the table is full)."""
-    found = _shared.get(value)
-    if found is not None:
-        return found  # type: ignore[return-value]
-    if len(_shared) < MAX_SHARED:
-        _shared[value] = value
-    return value
-
-
-def _is_shared(value: object) -> bool:
-    return _shared.get(value) is value
+_OWN_SHAPE_BYTES = sys.getsizeof((0,) * 8) + 4 * (_BYTES_HEAD + wire.HEADER_LEN - 2) + _BYTES_HEAD + wire.OPT_LEN
+_KEY_BYTES = _BYTES_HEAD + LRU_SLOT_BYTES  # what a key costs beyond its length, with its slot in the LRU
+# An entry's shared part: four headers, the OPT record, the stale window, the kind, and the bytes an
+# entry is charged for it: 0 when shared, the whole shape when the entry has its own (see Entry.__init__).
+Shape = tuple[bytes, bytes, bytes, bytes, bytes, int, "Kind | None", int]
 
 
 class Kind(enum.Enum):
@@ -85,6 +73,10 @@ class Kind(enum.Enum):
     SUCCESS = "success"
     DENIAL = "denial"  # NXDOMAIN or NODATA, with an SOA (RFC 2308)
     SERVFAIL = "servfail"
+
+    # Members are singletons: hash them by identity, in C. Enum's own __hash__ is a Python function, and a
+    # kind is hashed on every store (in the key of its shape and of its tally).
+    __hash__ = object.__hash__
 
 
 def classify(scan: wire.ReplyScan) -> Kind | None:
@@ -213,34 +205,44 @@ class Entry:
         ttl: int,
         stale: int,
         ttl_cap: int,
+        tally: Tally | None = None,
     ) -> None:
         self.expires = now + ttl
         self._life = ttl  # so `stored` is `expires - _life`: one float per entry, not two
-        self.tally: Tally = [0] * VIAS  # replaced by the zone's shared tally when stored
+        # The zone's shared tally when the entry is to be stored (`ZoneCache.store` looks it up first).
+        self.tally: Tally = [0] * VIAS if tally is None else tally
         # Served TTLs never exceed what the cache itself keeps: a client must
         # not hold a record longer than we would.
         ttls = scan.ttls
-        if ttls and max(ttls) < ttl_cap and 0 not in ttls:
+        if not ttls or (max(ttls) <= ttl_cap and 0 not in ttls):
             # The common case: no TTL above the cap, none read as 0 (a zero, or the top bit set, which the
             # body still has): the body already says what a client may be told, and is kept as it came.
-            self._ttls = _share(wire.pack_ttls(scan.ttl_offsets, ttls))
-            self._body = scan.body
+            packed = wire.pack_ttls(scan.ttl_offsets, ttls)
+            body = scan.body
         else:
-            self._ttls = _share(wire.pack_ttls(scan.ttl_offsets, [t if t < ttl_cap else ttl_cap for t in ttls]))
-            self._body = wire.with_packed_ttls(scan.body, self._ttls, 0)
+            packed = wire.pack_ttls(scan.ttl_offsets, [t if t < ttl_cap else ttl_cap for t in ttls])
+            body = wire.with_packed_ttls(scan.body, packed, 0)
+        shared = _shared.get(packed)
+        if shared is not None:
+            packed = shared  # type: ignore[assignment]
+        elif len(_shared) < MAX_SHARED:
+            _shared[packed] = packed
+        self._ttls = packed
+        self._body = body
         self._at = 0
         flags2 = wire.RA | (scan.flags & (wire.CD | 0x0F))
         if do:
             flags2 |= scan.flags & wire.AD
-        # What the shape is made from, as its key in the shared table: a miss finds its entry's shape
-        # with one lookup instead of building five bytes objects and hashing them. The kind rides along
-        # (the headers already differ by it, so sharing it splits no shape).
+        # What the shape is made from is its key in the shared table: a miss finds its entry's shape
+        # with one lookup instead of building five bytes objects. The kind rides along (the headers
+        # already differ by it, so sharing it splits no shape).
         made_of = (flags2, scan.answers, scan.authority, scan.additional, payload, do, scan.rcode >> 4, stale, kind)
         shape = _shared.get(made_of)
         if shape is None:
-            shape = _share(_make_shape(*made_of))
-            if len(_shared) < MAX_SHARED and _is_shared(shape):
-                _shared[made_of] = shape
+            if len(_shared) < MAX_SHARED:
+                shape = _shared[made_of] = _make_shape(*made_of, 0)
+            else:
+                shape = _make_shape(*made_of, _OWN_SHAPE_BYTES)
         self._shape: Shape = shape  # type: ignore[assignment]
         self._rare: Rare | None = None
 
@@ -360,15 +362,24 @@ class Entry:
 
 
 def _make_shape(
-    flags2: int, an: int, ns: int, ar: int, payload: int, do: bool, ext_rcode: int, stale: int, kind: Kind | None
+    flags2: int,
+    an: int,
+    ns: int,
+    ar: int,
+    payload: int,
+    do: bool,
+    ext_rcode: int,
+    stale: int,
+    kind: Kind | None,
+    charge: int,
 ) -> Shape:
     """An entry's shared part: four header variants, indexed by (client RD bit) | (client sent OPT) << 1;
     the OPT record (whose extended rcode and the header's make `rcode`); the stale window, for `stale_until`;
-    the kind."""
+    the kind; what an entry holding it is charged for it (`slot_size`)."""
     flags1 = wire.QR  # AA off: a cached answer is not authoritative (as CoreDNS)
     counts = (0, 1, an >> 8, an & 0xFF, ns >> 8, ns & 0xFF)
     h = [bytes((flags1 | (i & 1), flags2, *counts, (ar + (i >> 1)) >> 8, (ar + (i >> 1)) & 0xFF)) for i in range(4)]
-    return (h[0], h[1], h[2], h[3], wire.opt_record(payload, do, ext_rcode), stale, kind)
+    return (h[0], h[1], h[2], h[3], wire.opt_record(payload, do, ext_rcode), stale, kind, charge)
 
 
 class KeptTtlEntry(Entry):
@@ -391,29 +402,35 @@ class KeptTtlEntry(Entry):
         return self.expires
 
 
+# What every entry holds whatever its reply: the object (Entry and KeptTtlEntry alike: same slots), its
+# body's bytes header and its expiry float.
+_ENTRY_BYTES = sys.getsizeof(object.__new__(Entry)) + _BYTES_HEAD + _FLOAT_BYTES
+
+
 def footprint(entry: Entry) -> int:
     """Bytes `entry` holds: itself and every object only it refers to (sys.getsizeof).
 
     The entry, its body (rendered again each second, always the same
     length), its expiry (a float), and its header shape and packed TTLs when they
-    are its own rather than shared (`_share`). The rest is shared or small:
+    are its own rather than shared (`_shared`). The rest is shared or small:
     kind, tally and stale window belong to the zone; small ints and None are
     the interpreter's. So the size never changes after the entry is made, no
     hit has to account for anything, and the size need not be stored: it is
     computed again when the entry leaves. `Rare` fields (prefetch's counts,
     truncation points), made after the entry is stored, are not counted.
     """
-    total = sys.getsizeof(entry) + _BYTES_HEAD + len(entry._body) + _FLOAT_BYTES
-    if not _is_shared(entry._ttls):
-        total += _BYTES_HEAD + len(entry._ttls)
-    if not _is_shared(entry._shape):
-        total += _OWN_SHAPE_BYTES
-    return total
+    return slot_size(b"", entry) - _KEY_BYTES
 
 
 def slot_size(key: bytes, entry: Entry) -> int:
-    """Bytes a stored entry costs: the entry, its key, and its slot in the LRU."""
-    return footprint(entry) + sys.getsizeof(key) + LRU_SLOT_BYTES
+    """Bytes a stored entry costs: the entry (`footprint`), its key, and its slot in the LRU.
+
+    Arithmetic and one lookup, no call: it runs twice a miss once the cache is full (the new
+    entry, the evicted one). A shape says itself what it costs an entry (its last item).
+    """
+    ttls = entry._ttls
+    own_ttls = 0 if _shared.get(ttls) is ttls else _BYTES_HEAD + len(ttls)
+    return _ENTRY_BYTES + len(entry._body) + own_ttls + entry._shape[7] + _KEY_BYTES + len(key)
 
 
 class _CountingLRU:
@@ -424,7 +441,7 @@ class _CountingLRU:
     an OrderedDict, 104 bytes a key against 75) and one call per hit. Bytes
     (`slot_size` of each entry) are kept up to date on every insert and
     removal (misses, evictions, purges, flushes), never on a hit, so reading
-    them costs nothing. Every removal goes through `__delitem__`.
+    them costs nothing. Every removal goes through `_removed`.
     """
 
     def __init__(self, maxsize: int) -> None:
@@ -472,51 +489,58 @@ class _CountingLRU:
                 yield key, entry
 
     def __setitem__(self, key: bytes, entry: Entry) -> None:
-        self.add(key, entry, slot_size(key, entry))
+        self.put(key, entry, None)
 
-    def add(self, key: bytes, entry: Entry, size: int) -> None:
-        """`self[key] = entry` with its `slot_size` already known (the memory budget needed it first)."""
+    def put(self, key: bytes, entry: Entry, budget: MemoryBudget | None) -> None:
+        """Keep `entry` at `key` as the most recently used, with room made for it first.
+
+        The entry it replaces goes, or else the least recently used one when the cache is at its
+        capacity (a capacity eviction); then `budget`, if any, evicts until the new entry's bytes
+        fit, so it takes only what is still missing. The one insert path: a miss's store is one call.
+        """
         data = self._data
-        old = data.get(key)
+        size = slot_size(key, entry)
+        old = data.pop(key, None)
         if old is not None:
-            self.bytes -= slot_size(key, old)
-            data.move_to_end(key)
-            if self.memo is not None:
-                self.memo.invalidate()
+            self._removed(key, old)
         elif len(data) >= self.maxsize:
-            self.popitem()
+            self._evict()
+        if budget is not None:
+            budget.make_room(size)
         data[key] = entry
         self.bytes += size
 
-    def __delitem__(self, key: bytes) -> None:
-        entry = self._data.pop(key)
-        self.bytes -= slot_size(key, entry)
+    def _removed(self, key: bytes, entry: Entry) -> int:
+        """Account for `entry`, just taken out at `key`; return its bytes. Every removal ends here."""
+        size = slot_size(key, entry)
+        self.bytes -= size
         if self.memo is not None:
             self.memo.invalidate()
-        if self.cut_index:  # every removal (evictions too) comes through here: no index entry outlives its entry
+        if self.cut_index:  # evictions too: no index entry outlives its entry
             self.unindex_cut(key)
+        return size
+
+    def _evict(self) -> int:
+        """Drop the least recently used entry (an eviction, counted); return the bytes freed."""
+        key, entry = self._data.popitem(last=False)
+        self.evictions += 1
+        return self._removed(key, entry)
+
+    def __delitem__(self, key: bytes) -> None:
+        self._removed(key, self._data.pop(key))
 
     def pop(self, key: bytes, default: Entry | None = None) -> Entry | None:
         """Remove and return the entry for `key` (or `default`)."""
-        entry = self._data.get(key)
+        entry = self._data.pop(key, None)
         if entry is None:
             return default
-        del self[key]
+        self._removed(key, entry)
         return entry
-
-    def popitem(self) -> tuple[bytes, Entry]:
-        """Evict the least recently used entry (a capacity eviction)."""
-        key = next(iter(self._data))
-        entry = self._data[key]
-        del self[key]
-        self.evictions += 1
-        return key, entry
 
     def evict_for_memory(self) -> int:
         """Drop the least recently used entry to free memory; return the bytes freed."""
-        key, entry = self.popitem()
         self.memory_evictions += 1
-        return slot_size(key, entry)
+        return self._evict()
 
     def clear(self) -> None:
         self._data.clear()
@@ -621,12 +645,15 @@ class ZoneCache:
         """The shared hit counters for entries of this kind, rcode and qtype.
 
         Unlisted types and rcodes share one tally each (counters.counted_*), so
-        a client inventing types cannot grow the table.
+        a client inventing types cannot grow the table. A listed rcode and type
+        are their own keys: found in one lookup (every store looks).
         """
-        tkey = (kind, counted_rcode(rcode), counted_type(qtype))
-        found = self.tallies.get(tkey)
+        found = self.tallies.get((kind, rcode, qtype))
         if found is None:
-            found = self.tallies[tkey] = [0] * VIAS
+            tkey = (kind, counted_rcode(rcode), counted_type(qtype))
+            found = self.tallies.get(tkey)
+            if found is None:
+                found = self.tallies[tkey] = [0] * VIAS
         return found
 
     @property
@@ -648,35 +675,36 @@ class ZoneCache:
 
     def store(self, key: bytes, scan: wire.ReplyScan, do: bool, payload: int) -> Entry:
         """Make the entry for an upstream reply and keep it if the rules allow."""
-        scan, cut = _for_cut(key, scan)
+        cut = False
+        if scan.rcode == wire.NXDOMAIN:  # only a plain NXDOMAIN can cut (`_for_cut`): answers skip two calls
+            scan, cut = _for_cut(key, scan)
         kind = classify(scan)
         now = self.clock()
-        ttl = lifetime(kind, scan, self.policy)
         p = self.policy
+        ttl = lifetime(kind, scan, p)
         cap = p.success_max_ttl if kind is Kind.SUCCESS else ttl
         make = KeptTtlEntry if p.keepttl else Entry
-        entry = make(scan, kind, do, payload, now, ttl, p.stale_window if kind is not Kind.SERVFAIL else 0, cap)
+        stale = p.stale_window if kind is not Kind.SERVFAIL else 0
         if ttl <= 0 or kind is None:
-            return entry
-        return self._keep(key, entry, scan, cut, now)
+            return make(scan, kind, do, payload, now, ttl, stale, cap)
+        entry = make(scan, kind, do, payload, now, ttl, stale, cap, self.tally(kind, scan.rcode, key[-5] << 8 | key[-4]))
+        return self._keep(key, entry, cut, now)
 
-    def _keep(self, key: bytes, entry: Entry, scan: wire.ReplyScan, cut: bool, now: float) -> Entry:
+    def _keep(self, key: bytes, entry: Entry, cut: bool, now: float) -> Entry:
         """Put a new entry in its cache (success or denial), with the NXDOMAIN cut index; `store` and `restore`."""
         p = self.policy
-        kind = entry.kind
-        assert kind is not None
-        entry.tally = self.tally(kind, scan.rcode, key[-5] << 8 | key[-4])
+        kind = entry._shape[6]
         if kind is Kind.SUCCESS:
-            self.denial.pop(key, None)
+            self.denial.pop(key)
             if p.success_capacity > 0:
-                self._put(self.success, key, entry)
+                self.success.put(key, entry, self.budget)
             return entry
         if kind is Kind.DENIAL:
-            self.success.pop(key, None)  # the name is gone: the old answer must not be served stale
+            self.success.pop(key)  # the name is gone: the old answer must not be served stale
         elif self._worth_keeping(key, now):
             return entry  # never hide a good answer, fresh or still servable stale, behind a failure
         if p.denial_capacity > 0:
-            self._put(self.denial, key, entry)
+            self.denial.put(key, entry, self.budget)
             if cut:
                 self.denial.index_cut(key)
             else:  # a failure may have replaced the NXDOMAIN that was indexed
@@ -705,9 +733,11 @@ class ZoneCache:
         now = self.clock()
         make = KeptTtlEntry if p.keepttl else Entry
         fresh, stale = max(fresh, 0.0), max(stale, 0.0)
-        entry = make(scan, kind, bool(key[-1] & wire.KEY_DO), payload, now, int(fresh), int(stale), max(1, int(fresh)))
+        tally = self.tally(kind, scan.rcode, key[-5] << 8 | key[-4])
+        do = bool(key[-1] & wire.KEY_DO)
+        entry = make(scan, kind, do, payload, now, int(fresh), int(stale), max(1, int(fresh)), tally)
         entry.expires = now + fresh  # to the millisecond: what expired in transit is never fresh here
-        return self._keep(key, entry, scan, cut, now)
+        return self._keep(key, entry, cut, now)
 
     def nxdomain_above(self, key: bytes, apex_len: int) -> Entry | None:
         """A fresh plain NXDOMAIN for the name of `key` or a name above it, below the apex (RFC 8020).
@@ -740,24 +770,6 @@ class ZoneCache:
             if current is not None and current.kind is not Kind.SERVFAIL and current.stale_until > now:
                 return True
         return False
-
-    def _put(self, lru: _CountingLRU, key: bytes, entry: Entry) -> None:
-        """Keep `entry`, first making room in the memory budget when there is one.
-
-        The entry it replaces, or the one the capacity bound would evict, goes
-        first, so the budget takes only what is still missing.
-        """
-        budget = self.budget
-        if budget is not None and budget.limit:
-            if key in lru:
-                del lru[key]
-            elif len(lru) >= lru.maxsize:
-                lru.popitem()  # a capacity eviction, counted as such
-            size = slot_size(key, entry)
-            budget.make_room(size)
-            lru.add(key, entry, size)
-            return
-        lru[key] = entry
 
     def purge(self) -> int:
         """Drop entries past their stale window; return how many."""
@@ -837,8 +849,11 @@ class MemoryBudget:
 
     @property
     def used(self) -> int:
-        """Bytes held by every governed cache (read on every store: no property call, no generator)."""
-        return sum([c.success.bytes + c.denial.bytes for c in self.caches])
+        """Bytes held by every governed cache (read on every store: a plain loop, no list or generator)."""
+        used = 0
+        for c in self.caches:
+            used += c.success.bytes + c.denial.bytes
+        return used
 
     def make_room(self, size: int) -> None:
         """Evict until `size` more bytes fit within the limit (or nothing is left to evict)."""

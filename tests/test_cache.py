@@ -888,6 +888,11 @@ class TestKeepTtl:
         out = parse(replay(entry, query(), clock.now(), limit=512))
         assert out.header.tc and out.rr and {r.ttl for r in out.rr} == {40}
 
+    def test_a_kept_ttl_entry_is_charged_as_a_plain_one(self, clock: FakeClock) -> None:
+        """The subclass adds no slot, so the byte accounting (one size for every entry object) holds for it."""
+        msg = reply(answers=[a(NAME, 40)])
+        assert sys.getsizeof(cached(msg, clock, self.KEEP)) == sys.getsizeof(cached(msg, clock))
+
     def test_without_keepttl_the_zone_keeps_the_plain_entry(self, clock: FakeClock) -> None:
         """Off costs nothing: the entries are plain Entry objects, whose TTLs count down."""
         entry = cached(reply(answers=[a(NAME, 40)]), clock)

@@ -273,6 +273,8 @@ def test_like_entries_share_their_headers_and_ttls_within_a_bound() -> None:
         assert shapes[0] == shapes[1] and shapes[0] is not shapes[1]  # no room: each keeps its own, charged to it
         assert len(cache_module._shared) == cache_module.MAX_SHARED
         assert [e for _, e in lone.entries()][0].size > shared_size  # the own copies are counted
+        lone.flush()
+        assert lone.bytes == 0  # ... and given back, exactly, when the entries go
     finally:
         cache_module._shared.clear()
         cache_module._shared.update(before)

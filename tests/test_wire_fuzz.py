@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from nodecache import wire
 from nodecache.cache import ZoneCache
 from nodecache.config import CachePolicy
-from tests.dnsmsg import a, cname, full_rcode, opt, opt_of, parse, query, question_bytes, reply, soa
+from tests.dnsmsg import a, cname, full_rcode, lname_qtc, opt, opt_of, parse, query, question_bytes, reply, soa
 
 FUZZ = settings(max_examples=600, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 SMALL = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -184,6 +184,41 @@ def test_scan_reply_mutated_replies(data: bytes) -> None:
     result = only_malformed(wire.scan_reply, data, LNAME, QTC)
     if isinstance(result, wire.ReplyScan):
         check_scan(result)
+
+
+@st.composite
+def pointer_owned_records(draw: st.DrawFn) -> bytes:
+    """A record as upstreams write them: owner a pointer to the question (or the root), any type but OPT, any TTL
+    and RDATA, its length field sometimes wrong."""
+    owner = draw(st.sampled_from([b"\xc0\x0c", b"\x00", b"\xc0\x0c", b"\xc1"]))
+    rtype = draw(st.sampled_from([1, 5, 6, 16, 28]) | st.integers(0, 65535).filter(lambda t: t != wire.TYPE_OPT))
+    rdata = draw(st.binary(max_size=30))
+    rdlen = draw(st.sampled_from([len(rdata)] * 3 + [0, 255]))
+    return owner + struct.pack("!HHIH", rtype, 1, draw(st.integers(0, 0xFFFFFFFF)), rdlen) + rdata
+
+
+@FUZZ
+@given(names, qtypes, st.none() | names, st.none() | qtypes, st.lists(pointer_owned_records(), max_size=6),
+       st.integers(0, 6), st.integers(0, 6), st.booleans(), st.binary(max_size=12))  # fmt: skip
+def test_scan_reply_reads_any_spelling_of_the_question_alike(
+    name: str, qtype: int, other_name: str | None, other_type: int | None, recs: list[bytes], an: int, ns: int,
+    with_opt: bool, tail: bytes,
+) -> None:
+    """A reply's question byte for byte as asked (matched without reading its labels) and in any other case (read
+    and lowercased) scan alike, records and all: the same ReplyScan, or Malformed both; another question never scans."""
+    answered, answered_type = other_name or name, other_type or qtype
+    assume(len(name) <= 253 and len(answered) <= 253)
+    lname, qtc = lname_qtc(name, qtype)
+    an, ns = min(an, len(recs)), min(ns, len(recs) - min(an, len(recs)))
+    body = b"".join(recs) + (b"\x00\x00\x29\x04\xd0\x00\x00\x80\x00\x00\x00" if with_opt else b"") + tail
+    head = struct.pack("!HBBHHHH", 0x1234, wire.QR | wire.RD, wire.RA, 1, an, ns, len(recs) - an - ns + with_opt)
+    exact = only_malformed(wire.scan_reply, head + b"".join(lname_qtc(answered, answered_type)) + body, lname, qtc)
+    spelled = only_malformed(wire.scan_reply, head + question_bytes(answered, answered_type) + body, lname, qtc)
+    if isinstance(exact, wire.Malformed) or (lowered(answered), answered_type) != (lowered(name), qtype):
+        assert isinstance(exact, wire.Malformed) and isinstance(spelled, wire.Malformed)
+    else:
+        assert spelled == exact
+        check_scan(exact)
 
 
 # ---------------------------------------------------------------------------- valid queries
