@@ -134,8 +134,15 @@ class Try:
             self.owner.failed(self, exc)
 
     def fail_soon(self, exc: UpstreamError) -> None:
-        """Fail on the next pass of the event loop: whoever noticed may be in the middle of something."""
-        asyncio.get_running_loop().call_soon(self.fail, exc)
+        """Fail on the next pass of the event loop: whoever noticed may be in the middle of something.
+
+        With no loop running (closed at the very end), there is no next pass: it fails now.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return self.fail(exc)
+        loop.call_soon(self.fail, exc)
 
     def cancel(self) -> None:
         """Give up: nothing is reported; a UDP socket closes, a TCP pipeline slot frees (a late reply is ignored)."""

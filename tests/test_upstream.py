@@ -189,3 +189,27 @@ async def test_a_tcp_try_given_up_frees_its_pipeline_slot_and_its_late_reply_is_
         up.close()
     assert scan.answers == 1 and still == [conn]  # the same connection carried on
     assert up._conns == [] and given_up.cancelled()
+
+
+def test_a_connection_closed_with_no_loop_running_fails_its_tries_at_once() -> None:
+    class Owner:
+        def __init__(self) -> None:
+            self.failures: list[str] = []
+
+        def answered(self, t: object, msg: bytes, scan: object) -> None:
+            raise AssertionError("nothing was answered")
+
+        def failed(self, t: object, exc: UpstreamError) -> None:
+            self.failures.append(str(exc))
+
+    up = _upstream(53, tcp=True)
+    owner = Owner()
+    build, check = _tries("web.default.svc.cluster.local.")
+    conn = upstream_module._TcpConnection(10.0, up._forget)
+    up._conns.append(conn)
+    t = upstream_module.Try(owner, up, build, check, True, time.monotonic())
+    conn.pending[7] = t
+    t.conn, t.qid = conn, 7
+    up.close()  # at the very end of shutdown: no event loop to report on later
+    assert owner.failures == ["upstream closed the TCP connection"]
+    assert up._conns == [] and t.done
