@@ -28,13 +28,27 @@ help:
 	@echo "make image  build the container image $(IMAGE) with docker or podman"
 	@echo "make manifest ARGS='--dns-server IP [--ipvs] [--image REF]'  print daemonset.yaml rendered for a cluster"
 
-$(STAMP): setup.cfg pyproject.toml
+# The editable install compiles nothing (NODECACHE_COMPILE=0): $(COMPILED) does, in place, and again
+# whenever one of the compiled modules' sources changes.
+$(STAMP): setup.cfg pyproject.toml setup.py
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e '.[test]'
+	$(VPY) -m pip install -q --upgrade pip setuptools
+	NODECACHE_COMPILE=0 $(VPY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-venv: $(STAMP)
+# The hot-path modules (setup.cfg [nodecache:compiled]) as C extensions beside their sources, built by
+# mypyc (about a minute; docs/performance.md, "Compiled modules"). Python loads a compiled module before
+# its source, so a stale one would hide an edit: this rebuilds on any change, and the tests refuse to run
+# on a stale one. NODECACHE_PURE_PYTHON=1 runs the sources without rebuilding.
+COMPILED_SRC := $(shell sed -n '/^\[nodecache:compiled\]/,/^\[/s/^ *\(nodecache\/[a-z_]*\.py\)$$/\1/p' setup.cfg)
+COMPILED     := $(VENV)/.compiled
+
+$(COMPILED): $(STAMP) $(COMPILED_SRC)
+	@echo "compiling $(words $(COMPILED_SRC)) hot-path modules with mypyc (about a minute)"
+	$(VPY) setup.py -q build_ext --inplace
+	touch $(COMPILED)
+
+venv: $(COMPILED)
 
 # Idempotent: asks dpkg first and only runs apt-get when something is missing.
 # As root it installs what is missing (CI). Any other user cannot, so it says what is
@@ -52,24 +66,24 @@ debs:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-run: $(STAMP)
+run: $(COMPILED)
 	$(VPY) -m tests.support.samplezone --run-agent --port $(RUN_PORT) --zone-port $(ZONE_PORT) --node-resolv-conf $(NODE_RESOLV_CONF)
 
 # The import layering (setup.cfg [importlinter]) is checked first: a broken contract fails the run.
-test: debs $(STAMP)
+test: debs $(COMPILED)
 	$(VENV)/bin/lint-imports
 	$(VPY) -m pytest -q -ra
 
-bench: debs $(STAMP)
+bench: debs $(COMPILED)
 	$(VPY) benchmarks/run.py
 
 # Root only: pods and a node in network namespaces; ARGS passes options, e.g. ARGS='--lookups 3000'.
-bench-load: debs $(STAMP)
+bench-load: debs $(COMPILED)
 	@if [ "$$(id -u)" != 0 ]; then echo "make bench-load needs root: it creates network namespaces and a veth pair"; exit 2; fi
 	$(VPY) benchmarks/load.py $(ARGS)
 
 # Proves the hit path builds no dnslib objects: cProfile over 50,000 cache hits.
-profile: debs $(STAMP)
+profile: debs $(COMPILED)
 	$(VPY) benchmarks/profile_hit.py
 
 lint: $(STAMP)
@@ -96,4 +110,4 @@ manifest: $(STAMP)
 	@$(VENV)/bin/nodecache manifest $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info build nodecache/*.so

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import sys
+import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
@@ -60,11 +61,10 @@ _shared: dict[object, object] = {}
 # Sizes as sys.getsizeof gives them, computed once: `slot_size` runs twice a miss (store, eviction).
 _FLOAT_BYTES = sys.getsizeof(0.0)
 _BYTES_HEAD = sys.getsizeof(b"")  # a bytes object is this plus its length
-_OWN_SHAPE_BYTES = sys.getsizeof((0,) * 8) + 4 * (_BYTES_HEAD + wire.HEADER_LEN - 2) + _BYTES_HEAD + wire.OPT_LEN
+# What sys.getsizeof adds to a garbage-collected type's basic size: measured on a list, so an entry's
+# size is known from its class alone (a compiled class cannot be instantiated without its arguments).
+_GC_HEAD = sys.getsizeof([]) - list.__basicsize__
 _KEY_BYTES = _BYTES_HEAD + LRU_SLOT_BYTES  # what a key costs beyond its length, with its slot in the LRU
-# An entry's shared part: four headers, the OPT record, the stale window, the kind, and the bytes an
-# entry is charged for it: 0 when shared, the whole shape when the entry has its own (see Entry.__init__).
-Shape = tuple[bytes, bytes, bytes, bytes, bytes, int, "Kind | None", int]
 
 
 class Kind(enum.Enum):
@@ -239,17 +239,17 @@ class Entry:
         made_of = (flags2, scan.answers, scan.authority, scan.additional, payload, do, scan.rcode >> 4, stale, kind)
         shape = _shared.get(made_of)
         if shape is None:
-            if len(_shared) < MAX_SHARED:
-                shape = _shared[made_of] = _make_shape(*made_of, 0)
-            else:
-                shape = _make_shape(*made_of, _OWN_SHAPE_BYTES)
+            own = len(_shared) >= MAX_SHARED
+            shape = Shape(flags2, scan.answers, scan.authority, scan.additional, payload, do, scan.rcode >> 4, stale, kind, own)
+            if not own:
+                _shared[made_of] = shape
         self._shape: Shape = shape  # type: ignore[assignment]
         self._rare: Rare | None = None
 
     @property
     def kind(self) -> Kind | None:
         """What the entry says (success, denial, SERVFAIL; None: not cacheable, as a probe's)."""
-        return self._shape[6]
+        return self._shape.kind
 
     @property
     def rare(self) -> Rare:
@@ -268,12 +268,12 @@ class Entry:
     def rcode(self) -> int:
         """The reply's rcode, extended bits included."""
         shape = self._shape
-        return shape[0][1] & 0x0F | shape[4][5] << 4
+        return shape.plain[1] & 0x0F | shape.opt[5] << 4
 
     @property
     def stale_until(self) -> float:
         """Until when the entry may be served stale (RFC 8767): its expiry plus the stale window."""
-        return self.expires + self._shape[5]
+        return self.expires + self._shape.stale
 
     @property
     def size(self) -> int:
@@ -300,9 +300,9 @@ class Entry:
             self._at = elapsed
         shape = self._shape
         if edns:
-            out = data[:2] + (shape[3] if data[2] & 1 else shape[2]) + data[12:qend] + self._body + shape[4]
+            out = data[:2] + (shape.edns_rd if data[2] & 1 else shape.edns) + data[12:qend] + self._body + shape.opt
         else:
-            out = data[:2] + (shape[1] if data[2] & 1 else shape[0]) + data[12:qend] + self._body
+            out = data[:2] + (shape.rd if data[2] & 1 else shape.plain) + data[12:qend] + self._body
         if len(out) > limit:
             out = self._truncated(data, qend, edns, limit, self._body)
         return out
@@ -311,8 +311,8 @@ class Entry:
         """The answer past its expiry, every TTL set to `stale_ttl` (RFC 8767 4)."""
         body = wire.with_packed_ttls(self._body, self._ttls, 0, stale_ttl)
         shape = self._shape
-        head = (shape[3] if data[2] & 1 else shape[2]) if edns else (shape[1] if data[2] & 1 else shape[0])
-        out = data[:2] + head + data[12:qend] + body + (shape[4] if edns else b"")
+        head = (shape.edns_rd if data[2] & 1 else shape.edns) if edns else (shape.rd if data[2] & 1 else shape.plain)
+        out = data[:2] + head + data[12:qend] + body + (shape.opt if edns else b"")
         if len(out) > limit:
             out = self._truncated(data, qend, edns, limit, body)
         return out
@@ -340,11 +340,11 @@ class Entry:
                 cuts.clear()
             cut = cuts[key] = self._cut(room, edns)
         end, heads = cut
-        return data[:2] + heads[data[2] & 1] + data[12:qend] + body[:end] + (self._shape[4] if edns else b"")
+        return data[:2] + heads[data[2] & 1] + data[12:qend] + body[:end] + (self._shape.opt if edns else b"")
 
     def _cut(self, room: int, edns: int) -> tuple[int, tuple[bytes, bytes]]:
         """Where to cut the body for `room` bytes, and the two headers (RD clear, set) saying so."""
-        h = self._shape[0]
+        h = self._shape.plain
         an, ns, ar = h[4] << 8 | h[5], h[6] << 8 | h[7], h[8] << 8 | h[9]
         end = kept = 0
         while kept < an + ns + ar:
@@ -361,25 +361,44 @@ class Entry:
         return end, (bytes((flags1, h[1], *counts)), bytes((flags1 | wire.RD, h[1], *counts)))
 
 
-def _make_shape(
-    flags2: int,
-    an: int,
-    ns: int,
-    ar: int,
-    payload: int,
-    do: bool,
-    ext_rcode: int,
-    stale: int,
-    kind: Kind | None,
-    charge: int,
-) -> Shape:
-    """An entry's shared part: four header variants, indexed by (client RD bit) | (client sent OPT) << 1;
-    the OPT record (whose extended rcode and the header's make `rcode`); the stale window, for `stale_until`;
-    the kind; what an entry holding it is charged for it (`slot_size`)."""
-    flags1 = wire.QR  # AA off: a cached answer is not authoritative (as CoreDNS)
-    counts = (0, 1, an >> 8, an & 0xFF, ns >> 8, ns & 0xFF)
-    h = [bytes((flags1 | (i & 1), flags2, *counts, (ar + (i >> 1)) >> 8, (ar + (i >> 1)) & 0xFF)) for i in range(4)]
-    return (h[0], h[1], h[2], h[3], wire.opt_record(payload, do, ext_rcode), stale, kind, charge)
+class Shape:
+    """An entry's shared part, one object for every entry made alike (`_shared`).
+
+    Four header variants, by the client's RD bit and whether it sent an OPT; the OPT record
+    (whose extended rcode and the header's make the rcode); the stale window, for
+    `stale_until`; the kind; and what an entry holding it is charged for it (`slot_size`):
+    0 when shared, the whole shape when the entry has its own.
+    A class, not a tuple: compiled, a tuple attribute would be stored unpacked inside every
+    entry (64 bytes more each) and packed again on every read.
+    """
+
+    __slots__ = ("plain", "rd", "edns", "edns_rd", "opt", "stale", "kind", "charge")
+
+    def __init__(
+        self,
+        flags2: int,
+        an: int,
+        ns: int,
+        ar: int,
+        payload: int,
+        do: bool,
+        ext_rcode: int,
+        stale: int,
+        kind: Kind | None,
+        own: bool,
+    ) -> None:
+        flags1 = wire.QR  # AA off: a cached answer is not authoritative (as CoreDNS)
+        counts = (0, 1, an >> 8, an & 0xFF, ns >> 8, ns & 0xFF)
+        h = [bytes((flags1 | (i & 1), flags2, *counts, (ar + (i >> 1)) >> 8, (ar + (i >> 1)) & 0xFF)) for i in range(4)]
+        self.plain, self.rd, self.edns, self.edns_rd = h
+        self.opt = wire.opt_record(payload, do, ext_rcode)
+        self.stale = stale
+        self.kind = kind
+        self.charge = _OWN_SHAPE_BYTES if own else 0
+
+
+# What a shape of its own costs its entry: the object, its four headers and its OPT record.
+_OWN_SHAPE_BYTES = Shape.__basicsize__ + _GC_HEAD + 4 * (_BYTES_HEAD + wire.HEADER_LEN - 2) + _BYTES_HEAD + wire.OPT_LEN
 
 
 class KeptTtlEntry(Entry):
@@ -403,8 +422,9 @@ class KeptTtlEntry(Entry):
 
 
 # What every entry holds whatever its reply: the object (Entry and KeptTtlEntry alike: same slots), its
-# body's bytes header and its expiry float.
-_ENTRY_BYTES = sys.getsizeof(object.__new__(Entry)) + _BYTES_HEAD + _FLOAT_BYTES
+# body's bytes header and its expiry: a float object in a slot, or the number itself in a compiled Entry.
+_EXPIRY_BYTES = _FLOAT_BYTES if isinstance(vars(Entry)["expires"], types.MemberDescriptorType) else 0
+_ENTRY_BYTES = Entry.__basicsize__ + _GC_HEAD + _BYTES_HEAD + _EXPIRY_BYTES
 
 
 def footprint(entry: Entry) -> int:
@@ -430,7 +450,7 @@ def slot_size(key: bytes, entry: Entry) -> int:
     """
     ttls = entry._ttls
     own_ttls = 0 if _shared.get(ttls) is ttls else _BYTES_HEAD + len(ttls)
-    return _ENTRY_BYTES + len(entry._body) + own_ttls + entry._shape[7] + _KEY_BYTES + len(key)
+    return _ENTRY_BYTES + len(entry._body) + own_ttls + entry._shape.charge + _KEY_BYTES + len(key)
 
 
 class _CountingLRU:
@@ -636,6 +656,8 @@ class ZoneCache:
         self.tallies: dict[tuple[Kind, int, int], Tally] = {}
         self.budget: MemoryBudget | None = None  # set by MemoryBudget.attach
         self.memo: ReplyMemo | None = None  # set by `watch`: the resolver's memo of hit replies
+        # Set by prefetch.arm: told of every entry `get` finds. None (prefetch off) costs a hit one test.
+        self.asked: Callable[[bytes, Entry], None] | None = None
 
     def watch(self, memo: ReplyMemo | None) -> None:
         """Have `memo` forgotten whenever an entry leaves or is replaced here (None: no memo, as with prefetch)."""
@@ -661,16 +683,18 @@ class ZoneCache:
         return sum(sum(t) for t in self.tallies.values())
 
     def get(self, key: bytes) -> Entry | None:
-        """The entry for `key`, fresh or stale; callers compare the clock."""
+        """The entry for `key`, fresh or stale; callers compare the clock. Told to `asked` (prefetch)."""
         entry = self.success.get(key)
         if entry is None:
-            return self.denial.get(key)
-        if entry.expires <= self.clock():
+            entry = self.denial.get(key)
+        elif entry.expires <= self.clock():
             # A fresh denial or SERVFAIL stored since then answers instead;
             # the stale success entry stays for serve-stale.
             newer: Entry | None = self.denial.get(key)
             if newer is not None and newer.stored > entry.stored and newer.expires > self.clock():
-                return newer
+                entry = newer
+        if entry is not None and self.asked is not None:
+            self.asked(key, entry)
         return entry
 
     def store(self, key: bytes, scan: wire.ReplyScan, do: bool, payload: int) -> Entry:
@@ -693,7 +717,7 @@ class ZoneCache:
     def _keep(self, key: bytes, entry: Entry, cut: bool, now: float) -> Entry:
         """Put a new entry in its cache (success or denial), with the NXDOMAIN cut index; `store` and `restore`."""
         p = self.policy
-        kind = entry._shape[6]
+        kind = entry._shape.kind
         if kind is Kind.SUCCESS:
             self.denial.pop(key)
             if p.success_capacity > 0:

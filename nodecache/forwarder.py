@@ -45,7 +45,7 @@ RETRY_BUDGET_MAX = 20.0
 
 
 # How an exchange ends: done((reply, its scan, the server that sent it), None) or done(None, the error).
-Result = tuple[bytes, wire.ReplyScan, Upstream]
+Result = tuple[bytes, wire.ReplyScan, Upstream | None]  # the server that answered; None for LocalAnswers
 Done = Callable[[Result | None, BaseException | None], None]
 
 
@@ -92,8 +92,10 @@ class Forwarder:
             self.all_down += 1
         return ordered
 
-    def fetch(self, lname: bytes, qtc: bytes, do: bool, cd: bool, done: Done) -> Exchange:
+    def fetch(self, lname: bytes, qtc: bytes, do: bool, cd: bool, done: Done) -> Exchange | None:
         """Start asking; `done(result, exc)` is called once, later, never from within this call.
+
+        Returns the tries, to cancel them (None where there are none: LocalAnswers).
 
         Raises UpstreamError at once (Overloaded beyond `max_concurrent`) when no query may go out.
         """
@@ -105,7 +107,7 @@ class Forwarder:
         ask = _Question(lname, qtc, do, cd)
         return Exchange(self, ask.build, ask.check, ask.plain, done)
 
-    async def query(self, lname: bytes, qtc: bytes, do: bool, cd: bool) -> tuple[bytes, wire.ReplyScan, Upstream]:
+    async def query(self, lname: bytes, qtc: bytes, do: bool, cd: bool) -> Result:
         """`fetch`, awaited: ask until one server gives a usable reply; raise UpstreamError if none does."""
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
 
@@ -121,7 +123,8 @@ class Forwarder:
         try:
             return await fut
         finally:
-            exchange.cancel()  # no-op once finished
+            if exchange is not None:
+                exchange.cancel()  # no-op once finished
 
     @property
     def unreachable(self) -> bool:

@@ -35,7 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from nodecache import __version__
+from nodecache import __version__, build
 from nodecache.cache import Kind
 from nodecache.counters import COUNTED_TYPES, Histogram
 from nodecache.dnstext import rcode_name, type_name
@@ -391,8 +391,12 @@ class AgentCollector(Collector):
         yield CounterMetricFamily(
             "coredns_reload_failed_total", "Counter of the number of failed reload attempts.", value=self.reload_failed()
         )
-        info = GaugeMetricFamily("nodecache_build_info", "Always 1; the running version.", labels=["version"])
-        info.add_metric([__version__], 1)
+        info = GaugeMetricFamily(
+            "nodecache_build_info",
+            "Always 1; the running version, and whether its hot path is compiled or runs as Python.",
+            labels=["version", "build"],
+        )
+        info.add_metric([__version__, build()], 1)
         yield info
 
 

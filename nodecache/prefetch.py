@@ -5,11 +5,13 @@ asks, is refreshed in the background once at most PERCENTAGE of its TTL is
 left (whole seconds, rounded up, as CoreDNS counts them). The check runs on
 a hit, as in CoreDNS.
 
-Zero cost when off: a zone with prefetch gets a `get` of its own on its
-ZoneCache instance (`arm`), which the hit path calls as it calls the plain
-one. Zones without prefetch keep `ZoneCache.get` and do no extra work. With
-prefetch on, a hit adds a clock read, a counter and two comparisons, and an
-asked entry carries a `Rare` (64 bytes, not charged to the memory budget).
+Almost no cost when off: a zone with prefetch gets an `asked` hook on its
+ZoneCache (`arm`), which `ZoneCache.get` calls with every entry it finds;
+zones without prefetch pay one test of that hook per lookup. (It used to
+replace `get` on the instance, which a compiled ZoneCache does not allow.)
+With prefetch on, a hit adds a call, a clock read, a counter and two
+comparisons, and an asked entry carries a `Rare` (64 bytes, not charged to
+the memory budget).
 
 The refresh itself is the resolver's business (`Resolver._prefetch`): it
 goes through the miss machinery, so it coalesces with client misses and
@@ -30,25 +32,21 @@ Start = Callable[[bytes, Entry], None]
 
 
 def armed(cache: ZoneCache) -> bool:
-    """Whether `cache` already has a prefetching `get` (a reload keeps unchanged zones armed)."""
-    return "get" in vars(cache)
+    """Whether `cache` already counts asks (a reload keeps unchanged zones armed)."""
+    return cache.asked is not None
 
 
 def arm(cache: ZoneCache, start: Start) -> None:
-    """Give `cache` a `get` that counts asks of fresh entries and starts refreshes (policy permitting)."""
+    """Give `cache` an `asked` hook that counts asks of fresh entries and starts refreshes (policy permitting)."""
     policy = cache.policy
     if not policy.prefetch_amount or armed(cache):
         return
-    lookup = cache.get
     clock = cache.clock
     amount = policy.prefetch_amount
     gap = policy.prefetch_duration
     percentage = policy.prefetch_percentage
 
-    def get(key: bytes) -> Entry | None:
-        entry = lookup(key)
-        if entry is None:
-            return None
+    def asked(key: bytes, entry: Entry) -> None:
         now = clock()
         if now < entry.expires:
             asks = entry.rare
@@ -60,9 +58,8 @@ def arm(cache: ZoneCache, start: Start) -> None:
             if hits >= amount and int(entry.expires - now) <= threshold(round(entry.expires - entry.stored), percentage):
                 asks.hits = 0  # the next try needs AMOUNT more asks
                 start(key, entry)
-        return entry
 
-    cache.get = get  # type: ignore[method-assign]
+    cache.asked = asked
 
 
 def threshold(ttl: int, percentage: int) -> int:

@@ -33,7 +33,7 @@ from nodecache.cache import Entry, Kind, MemoryBudget, ReplyMemo, ZoneCache
 from nodecache.config import DEFAULT_MAX_PREFETCHING, STALE_REPLY_TTL, UPSTREAM_UDP_PAYLOAD, CachePolicy, Config, Zone
 from nodecache.counters import Activity, Histogram, counted_rcode, counted_type
 from nodecache.errors import UpstreamError
-from nodecache.forwarder import Exchange, Forwarder, Overloaded, Result
+from nodecache.forwarder import Done, Exchange, Forwarder, Overloaded, Result
 from nodecache.logs import QueryLog, Throttle
 from nodecache.names import at_or_below, name_to_wire
 from nodecache.timers import Ticket, Timers
@@ -146,22 +146,27 @@ class ZoneRuntime:
         self.throttle.warning(log, "upstream", now, "zone %s: no upstream answered: %s", self.name, exc)
 
 
-class LocalAnswers:
+class LocalAnswers(Forwarder):
     """Stands in for the upstreams of the agent's own zone: answers from memory.
 
     TXT for PROBE_NAME says "ready"; other types of it are NODATA; other
     names under the zone are NXDOMAIN. Neither negative answer carries an
     SOA, so only the probe's answer is ever cached.
+
+    A Forwarder subclass rather than a look-alike, so a zone's forwarder has one
+    type: the compiled resolver (docs/performance.md, "Compiled modules") checks it.
+    It has no servers, so Forwarder's other state (policy, timers) is never set or read.
     """
 
-    inflight = 0
-    rejected = 0
-    all_down = 0
-    unreachable = False
-    upstreams: list[object] = []
+    def __init__(self) -> None:  # no super().__init__: that needs a ForwardPolicy, which needs servers
+        self.upstreams = []
+        self.active = []
+        self.inflight = 0
+        self.rejected = 0
+        self.all_down = 0
 
-    def fetch(self, lname: bytes, qtc: bytes, do: bool, cd: bool, done: Callable[..., None]) -> None:
-        """As Forwarder.fetch: `done` is called later, with the answer made here."""
+    def fetch(self, lname: bytes, qtc: bytes, do: bool, cd: bool, done: Done) -> None:
+        """As Forwarder.fetch: `done` is called later, with the answer made here; there are no tries to cancel."""
         msg = self.reply(lname, qtc)
         asyncio.get_running_loop().call_soon(done, (msg, wire.scan_reply(msg, lname, qtc), None), None)
 
@@ -188,7 +193,7 @@ class LocalZone(ZoneRuntime):
         self.zone = None  # type: ignore[assignment]  # not configured: no Zone, no upstreams
         self.name = LOCAL_ZONE
         self.cache = ZoneCache(_LOCAL_POLICY, clock)
-        self.forwarder = LocalAnswers()  # type: ignore[assignment]  # the same duck type as Forwarder
+        self.forwarder = LocalAnswers()
         self.stats = ZoneStats()
         self.throttle = Throttle(WARN_INTERVAL)
         qtc = struct.pack("!HH", PROBE_TYPE, 1)

@@ -18,6 +18,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 
+from nodecache import build
 from nodecache.config import Config
 from nodecache.health import Readiness
 from nodecache.listeners import TcpClients
@@ -208,7 +209,7 @@ def run(config: Config, rebuild: Callable[[], Config] | None = None, watch: Sequ
     """
     factory = loop_factory(config.loop)
     settle_gc()
-    log.info("event loop: %s", "uvloop" if factory else "asyncio")
+    log.info("event loop: %s; hot path: %s", "uvloop" if factory else "asyncio", build())
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(Server(config, rebuild, watch).serve())
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from nodecache import __version__
+from nodecache import __version__, build
 from nodecache.names import name_text
 
 if TYPE_CHECKING:
@@ -107,6 +107,7 @@ def report(
     return {
         "schema": SCHEMA,
         "version": __version__,
+        "build": build(),
         "uptime_seconds": round(time.monotonic() - started, 1),
         "ready": ready,
         "not_ready_because": None if ready else not_ready,
@@ -279,7 +280,7 @@ def render(r: dict[str, Any]) -> str:
         r["ready"], f"NOT READY ({r['not_ready_because']})"
     )
     lines = [
-        f"nodecache {r['version']}  up {_duration(r['uptime_seconds'])}  {state}  on {', '.join(r['listen'])}",
+        f"nodecache {r['version']} ({r['build']})  up {_duration(r['uptime_seconds'])}  {state}  on {', '.join(r['listen'])}",
         "",
         f"queries     {q['total']} total, {q['per_second_1m']:g}/s over the last minute",
         f"cache       {q['hits']} hits, {q['misses']} misses, hit ratio {_pct(q['hit_ratio'])}",

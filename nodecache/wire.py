@@ -290,7 +290,8 @@ def error_reply(data: bytes, rcode: int, qend: int, edns: int, do: bool, payload
         edns = 1
     head = bytes((data[0], data[1], QR | (data[2] & (RD | 0x78)), flags2, 0, 1 if qend else 0, 0, 0, 0, 0, 0, edns))
     opt = opt_record(payload, do, rcode >> 4) if edns else b""
-    return head + data[HEADER_LEN:qend] + opt
+    # Not data[HEADER_LEN:0]: compiled, a slice whose end is before its start raises (docs/performance.md, "Compiled modules").
+    return head + data[HEADER_LEN:qend] + opt if qend else head + opt
 
 
 @dataclass(slots=True)

@@ -19,12 +19,29 @@ from typing import Any
 
 import pytest
 
+from nodecache import PURE_PYTHON, PURE_PYTHON_ENV, build
 from nodecache.config import Address, CachePolicy, Config, ForwardPolicy, Zone, default_zones
 from nodecache.server import Server
+from tests.support import compiled
 from tests.support.fakeupstream import FakeUpstream
 from tests.support.net import free_port
 
 AGENT_START_TIMEOUT = 15.0
+
+
+def pytest_report_header() -> str:
+    return f"nodecache hot path: {build()}" + (f" ({PURE_PYTHON_ENV} is set)" if PURE_PYTHON else "")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to test compiled modules older than their sources: the edit would not be what runs."""
+    old = [] if PURE_PYTHON else compiled.stale()
+    if old:
+        pytest.exit(
+            f"{', '.join(old)} changed since it was compiled, and the compiled module is what would run: "
+            f"run `make venv` to compile again, or set {PURE_PYTHON_ENV}=1 to test the sources",
+            returncode=4,
+        )
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from dnslib import EDNS0, RCODE, DNSRecord
 
+from nodecache import build
 from nodecache.control import call
 from nodecache.errors import ControlError
 from nodecache.resolver import flush_match
@@ -32,7 +33,7 @@ from tests.support.net import free_port
 SVC = "kubernetes.default.svc.cluster.local"
 WEB = "web.default.svc.cluster.local"
 WILD = "a.wild.cluster.local"
-STATS_KEYS = {"schema", "version", "uptime_seconds", "ready", "not_ready_because", "listen", "queries", "cache",
+STATS_KEYS = {"schema", "version", "build", "uptime_seconds", "ready", "not_ready_because", "listen", "queries", "cache",
               "zones", "upstreams", "top_names", "top_clients", "sampling", "misses", "tcp", "handover", "heap",
               "udp"}  # fmt: skip
 NOBODY = 65534
@@ -144,7 +145,7 @@ def test_stats_summarises_queries_cache_zones_upstreams_and_top_lists(agent: Age
     done = agent.cli("stats")
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert out.startswith("nodecache 0.1.0  up ")
+    assert out.startswith(f"nodecache 0.1.0 ({build()})  up ")
     assert "queries     6 total" in out
     assert "3 hits, 3 misses, hit ratio 50.0%" in out
     assert "2 success / 39936, 1 denial / 39936" in out  # four zones of 9984 each

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -151,8 +152,12 @@ async def one_round(
     """Every query ASKED times through one variant, from an empty cache; (replies, samples taken, lines logged)."""
     resolver = srv.resolver
     resolver.flush()
-    countdown: Callable[[], int] = (lambda: 1) if variant.sampled else (lambda: 1 << 30)
-    monkeypatch.setattr(resolver.activity, "countdown", countdown)
+    # Sampling forced on (an interval of 1: every query) or off (an interval no round comes near, from a
+    # seeded generator). Set through the instance's state: a compiled Activity's methods cannot be replaced.
+    activity = resolver.activity
+    monkeypatch.setattr(activity, "interval", 1 if variant.sampled else 1 << 30)
+    monkeypatch.setattr(activity, "_since_tick", 0)  # a round's samples stay under SAMPLES_PER_SECOND: no doubling
+    monkeypatch.setattr(activity, "_rng", random.Random(0))
     monkeypatch.setattr(resolver, "query_log", QueryLog(1.0) if variant.logged else None)
     sampled_before = resolver.activity.sampled
     caplog.clear()
@@ -178,6 +183,7 @@ async def test_every_hit_path_variant_answers_with_the_same_bytes(
     sent = ASKED * len(QUERIES)
     replies: dict[Variant, list[bytes]] = {}
     async with running(make_config([f"127.0.0.1:{upstream.port}"])) as srv:
+        srv.periodic.stop_tick()  # the once-a-second tick would set the sampling interval from the rate
         for variant in VARIANTS:
             got, samples, lines = await one_round(srv, variant, monkeypatch, caplog)
             replies[variant] = [zero_ttls(r) for r in got]

@@ -92,10 +92,10 @@ def test_query_log_sampling_and_errors_only() -> None:
 def test_without_the_query_log_the_hit_path_is_untouched() -> None:
     resolver = Resolver(make_config(["127.0.0.1:9"]))
     plain = UdpListener(resolver)
-    assert "datagram_received" not in vars(plain)  # the class's method: no flag tested per query
+    assert plain.datagram_received.__name__ == "datagram_received"  # the class's: no flag tested per query
     resolver.query_log = QueryLog()
     logged = UdpListener(resolver)
-    assert vars(logged)["datagram_received"] == logged._logged
+    assert logged.datagram_received.__name__ == "_logged"
 
 
 def _agent_args(up: FakeUpstream, conf: Path, port: int, *extra: str) -> list[str]:

@@ -1,0 +1,65 @@
+"""Build nodecache, compiling the hot-path modules to C extensions with mypyc where it can.
+
+Metadata lives in setup.cfg; this file only adds the extensions. The modules
+listed under [nodecache:compiled] in setup.cfg are compiled (docs/performance.md,
+"Compiled modules"). Every one of them is also valid plain Python, so a build
+that cannot compile still installs a working agent, only slower:
+
+- NODECACHE_COMPILE=0 builds no extensions;
+- without mypyc, or when the C compiler fails, the build says so and goes on pure.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import sys
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+HERE = Path(__file__).resolve().parent
+# The one shared library of all compiled modules: inside the package (nodecache/native__mypyc...so),
+# so it is found wherever the package is, an editable checkout included.
+GROUP = "nodecache.native"
+
+
+def compiled_modules() -> list[str]:
+    """The source files to compile, from setup.cfg (the Makefile and the tests read the same list)."""
+    cfg = configparser.ConfigParser()
+    cfg.read(HERE / "setup.cfg")
+    return cfg.get("nodecache:compiled", "modules").split()
+
+
+def say(message: str) -> None:
+    print(f"nodecache build: {message}", file=sys.stderr)
+
+
+class OptionalBuildExt(build_ext):
+    """Builds the extensions, or none of them: a failed compile leaves the pure-Python package."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001  (any compiler or linker failure: fall back, loudly)
+            for out in self.get_outputs():
+                Path(out).unlink(missing_ok=True)  # never a shared library without its modules, or the reverse
+            say(f"compiling failed ({exc}); installing the pure-Python modules, which run slower. "
+                "Install a C compiler and Python's headers (Debian: gcc python3-dev) to compile them.")
+
+
+def extensions() -> list:
+    if os.environ.get("NODECACHE_COMPILE", "1") == "0":
+        say("NODECACHE_COMPILE=0: not compiling; the pure-Python modules are installed")
+        return []
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        say("mypyc is not installed; the pure-Python modules are installed (pip install mypy to compile)")
+        return []
+    os.chdir(HERE)  # mypycify takes paths relative to the project
+    return mypycify(["--ignore-missing-imports", *compiled_modules()], opt_level="3", group_name=GROUP)
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
