@@ -43,8 +43,8 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as exc:  # noqa: BLE001  (any compiler or linker failure: fall back, loudly)
-            for out in self.get_outputs():
-                Path(out).unlink(missing_ok=True)  # never a shared library without its modules, or the reverse
+            for ext in self.extensions:  # where each went, in place or not: none may outlive a failed build
+                Path(self.get_ext_fullpath(ext.name)).unlink(missing_ok=True)
             say(f"compiling failed ({exc}); installing the pure-Python modules, which run slower. "
                 "Install a C compiler and Python's headers (Debian: gcc python3-dev) to compile them.")
 

@@ -32,6 +32,7 @@ import sys
 import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from typing import Final
 
 from nodecache import wire
 from nodecache.config import CachePolicy
@@ -39,32 +40,32 @@ from nodecache.counters import counted_rcode, counted_type
 
 # How a query arrived, as an index into a tally: bit 0 set for TCP, bit 1 for IPv6.
 VIA_UDP4, VIA_TCP4, VIA_UDP6, VIA_TCP6 = 0, 1, 2, 3
-VIAS = 4
+VIAS: Final = 4
 
 Tally = list[int]
 
-MAX_CUTS = 4  # truncation points an entry remembers (one per client size limit seen)
+MAX_CUTS: Final = 4  # truncation points an entry remembers (one per client size limit seen)
 # What one key costs the LRU beyond the key and the entry themselves: its slot
 # in the OrderedDict's table and its link node, amortised over the table's
 # growth. Measured with tracemalloc on CPython 3.11: 75 bytes a key from 5,000
 # to 10,000 keys (85 at 2,000), so the figure is exact for a full default cache.
-LRU_SLOT_BYTES = 75
-INDEX_SLOT_BYTES = 30  # a plain dict's slot (the NXDOMAIN index), likewise at 9,984 keys (30 to 59 as it grows)
+LRU_SLOT_BYTES: Final = 75
+INDEX_SLOT_BYTES: Final = 30  # a plain dict's slot (the NXDOMAIN index), likewise at 9,984 keys (30 to 59 as it grows)
 # Values entries share instead of each keeping a copy: the packed TTL maps (one
 # per record layout and TTLs, keyed by themselves) and the shapes, the header
 # variants with the OPT record (one per flags and counts, keyed by what they are
 # made of). Bounded: past it, new values are kept per entry and charged to it.
 # Nothing ever leaves the table, so whether a value is shared never changes
 # while an entry holds it. The table itself is at most a few hundred KiB.
-MAX_SHARED = 4096
-_shared: dict[object, object] = {}
+MAX_SHARED: Final = 4096
+_shared: Final[dict[object, object]] = {}
 # Sizes as sys.getsizeof gives them, computed once: `slot_size` runs twice a miss (store, eviction).
-_FLOAT_BYTES = sys.getsizeof(0.0)
-_BYTES_HEAD = sys.getsizeof(b"")  # a bytes object is this plus its length
+_FLOAT_BYTES: Final = sys.getsizeof(0.0)
+_BYTES_HEAD: Final = sys.getsizeof(b"")  # a bytes object is this plus its length
 # What sys.getsizeof adds to a garbage-collected type's basic size: measured on a list, so an entry's
 # size is known from its class alone (a compiled class cannot be instantiated without its arguments).
-_GC_HEAD = sys.getsizeof([]) - list.__basicsize__
-_KEY_BYTES = _BYTES_HEAD + LRU_SLOT_BYTES  # what a key costs beyond its length, with its slot in the LRU
+_GC_HEAD: Final = sys.getsizeof([]) - list.__basicsize__
+_KEY_BYTES: Final = _BYTES_HEAD + LRU_SLOT_BYTES  # what a key costs beyond its length, with its slot in the LRU
 
 
 class Kind(enum.Enum):
@@ -398,7 +399,7 @@ class Shape:
 
 
 # What a shape of its own costs its entry: the object, its four headers and its OPT record.
-_OWN_SHAPE_BYTES = Shape.__basicsize__ + _GC_HEAD + 4 * (_BYTES_HEAD + wire.HEADER_LEN - 2) + _BYTES_HEAD + wire.OPT_LEN
+_OWN_SHAPE_BYTES: Final = Shape.__basicsize__ + _GC_HEAD + 4 * (_BYTES_HEAD + wire.HEADER_LEN - 2) + _BYTES_HEAD + wire.OPT_LEN
 
 
 class KeptTtlEntry(Entry):
@@ -423,8 +424,8 @@ class KeptTtlEntry(Entry):
 
 # What every entry holds whatever its reply: the object (Entry and KeptTtlEntry alike: same slots), its
 # body's bytes header and its expiry: a float object in a slot, or the number itself in a compiled Entry.
-_EXPIRY_BYTES = _FLOAT_BYTES if isinstance(vars(Entry)["expires"], types.MemberDescriptorType) else 0
-_ENTRY_BYTES = Entry.__basicsize__ + _GC_HEAD + _BYTES_HEAD + _EXPIRY_BYTES
+_EXPIRY_BYTES: Final = _FLOAT_BYTES if isinstance(vars(Entry)["expires"], types.MemberDescriptorType) else 0
+_ENTRY_BYTES: Final = Entry.__basicsize__ + _GC_HEAD + _BYTES_HEAD + _EXPIRY_BYTES
 
 
 def footprint(entry: Entry) -> int:
@@ -591,8 +592,8 @@ class _CountingLRU:
 
 # ReplyMemo's bounds: queries remembered per way of arrival (VIA_*), and the longest reply it keeps.
 # About 300 bytes a typical query (key, reply, tuple, dict slot); at most ~4 MiB with every bound full.
-REPLY_MEMO_LIMIT = 1024
-REPLY_MEMO_MAX_REPLY = 512
+REPLY_MEMO_LIMIT: Final = 1024
+REPLY_MEMO_MAX_REPLY: Final = 512
 # What ReplyMemo maps a query to: the reply after its ID, until when it is right, the hit counters.
 Replay = tuple[bytes, float, Tally]
 

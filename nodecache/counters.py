@@ -20,28 +20,29 @@ import random
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Hashable
+from typing import Final
 
 # CoreDNS's plugin.TimeBuckets: 0.25 ms doubling up to ~8 s, so dashboards'
 # histogram_quantile() queries read our histograms the same way.
-TIME_BUCKETS: tuple[float, ...] = tuple(0.00025 * 2**i for i in range(16))
+TIME_BUCKETS: Final[tuple[float, ...]] = tuple(0.00025 * 2**i for i in range(16))
 
-LATENCY_SAMPLES = 1024  # recent round trips kept per upstream for p50/p99
-TOP_TRACKED = 1000  # distinct names (or clients) counted before the smaller half is dropped
-SAMPLES_PER_SECOND = 1000  # queries sampled per second at most, whatever the load
-DECAY_INTERVAL = 60.0  # top-N counts halve this often, so the list follows recent traffic
-RATE_WINDOW = 60.0  # "queries per second over the last minute"
+LATENCY_SAMPLES: Final = 1024  # recent round trips kept per upstream for p50/p99
+TOP_TRACKED: Final = 1000  # distinct names (or clients) counted before the smaller half is dropped
+SAMPLES_PER_SECOND: Final = 1000  # queries sampled per second at most, whatever the load
+DECAY_INTERVAL: Final = 60.0  # top-N counts halve this often, so the list follows recent traffic
+RATE_WINDOW: Final = 60.0  # "queries per second over the last minute"
 
 # Query types counted under their own number: the ones CoreDNS's metrics name
 # (plugin/metrics/vars/monitor.go) plus CAA. Any other of the 65,536 types a
 # client may send is counted as OTHER_TYPE, so every table keyed by type
 # (cache tallies, requests by type) holds at most len(COUNTED_TYPES) + 1 keys.
-COUNTED_TYPES = frozenset((1, 2, 5, 6, 12, 15, 16, 28, 33, 43, 46, 47, 48, 50, 64, 65, 251, 252, 255, 257))
-OTHER_TYPE = 0  # reserved (RFC 6895 3.1): no real query asks for it
+COUNTED_TYPES: Final = frozenset((1, 2, 5, 6, 12, 15, 16, 28, 33, 43, 46, 47, 48, 50, 64, 65, 251, 252, 255, 257))
+OTHER_TYPE: Final = 0  # reserved (RFC 6895 3.1): no real query asks for it
 # Rcodes counted under their own number: 0-23 covers every one assigned for
 # messages (RFC 6895 2.3, extended ones included); the other 4,072 an upstream
 # reply with an OPT record can carry are counted as OTHER_RCODE.
-COUNTED_RCODES = frozenset(range(24))
-OTHER_RCODE = -1  # not an rcode; shown as "other"
+COUNTED_RCODES: Final = frozenset(range(24))
+OTHER_RCODE: Final = -1  # not an rcode; shown as "other"
 
 
 def counted_type(qtype: int) -> int:

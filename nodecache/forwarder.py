@@ -23,7 +23,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from nodecache import wire
 from nodecache.config import UPSTREAM_UDP_PAYLOAD, ForwardPolicy
@@ -31,17 +31,17 @@ from nodecache.errors import UpstreamError
 from nodecache.timers import Ticket, Timers
 from nodecache.upstream import Build, Check, Try, Upstream
 
-log = logging.getLogger(__name__)
+log: Final = logging.getLogger(__name__)
 
-MAX_TRIES = 8  # upper bound on tries per query, whatever the deadline allows
+MAX_TRIES: Final = 8  # upper bound on tries per query, whatever the deadline allows
 # Tries of one query waiting at once: a silent try stays open while one more goes out. Two, not more:
 # a slow but live server (a node resolver recursing) then sees at most twice the queries.
-MAX_OPEN_TRIES = 2
+MAX_OPEN_TRIES: Final = 2
 # Early retries draw on a budget: each query earns RETRY_BUDGET_RATIO of one, and at most RETRY_BUDGET_MAX
 # are saved up. A lost datagram here and there is retried early; when everything is slow (the upstream or
 # this agent saturated), early retries stop instead of doubling the load that made them slow.
-RETRY_BUDGET_RATIO = 0.1
-RETRY_BUDGET_MAX = 20.0
+RETRY_BUDGET_RATIO: Final = 0.1
+RETRY_BUDGET_MAX: Final = 20.0
 
 
 # How an exchange ends: done((reply, its scan, the server that sent it), None) or done(None, the error).
@@ -49,7 +49,7 @@ Result = tuple[bytes, wire.ReplyScan, Upstream | None]  # the server that answer
 Done = Callable[[Result | None, BaseException | None], None]
 
 
-_clock = time.monotonic  # not loop.time(): uvloop's counts whole milliseconds, and round trips here are less
+_clock: Final = time.monotonic  # not loop.time(): uvloop's counts whole milliseconds, and round trips here are less
 
 
 class Overloaded(UpstreamError):

@@ -25,11 +25,11 @@ from __future__ import annotations
 import ctypes
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
-BURST_MISSES = 1000  # misses since the last trim that make one worthwhile (about 1 MiB of transients)
-QUIET_MISSES = 100  # misses in the last second at or below which a burst counts as over
-MIN_TRIM_INTERVAL = 10.0  # seconds between trims at least: a trim stalls the loop for milliseconds
+BURST_MISSES: Final = 1000  # misses since the last trim that make one worthwhile (about 1 MiB of transients)
+QUIET_MISSES: Final = 100  # misses in the last second at or below which a burst counts as over
+MIN_TRIM_INTERVAL: Final = 10.0  # seconds between trims at least: a trim stalls the loop for milliseconds
 
 
 def malloc_trim() -> Callable[[int], int] | None:

@@ -25,20 +25,21 @@ import logging
 import socket
 import struct
 import time
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Final, Protocol
 
 from nodecache import mmsg, wire
-from nodecache.cache import VIA_TCP4, VIA_TCP6, VIA_UDP4, VIA_UDP6
+from nodecache.cache import VIA_TCP4, VIA_TCP6, VIA_UDP4, VIA_UDP6, Replay
 from nodecache.counters import Activity
 from nodecache.errors import ListenError
 from nodecache.framing import FramedConnection
 from nodecache.logs import QueryLog
-from nodecache.resolver import Deliver, Resolver
+from nodecache.resolver import Deliver
 from nodecache.sockstats import buffer_size
 
-log = logging.getLogger(__name__)
+log: Final = logging.getLogger(__name__)
 
-TCP_BACKLOG = 1024
+TCP_BACKLOG: Final = 1024
 # Memory a client TCP connection may hold, however its client behaves (RFC 7766 section 10).
 # Reading pauses once the unsent replies pass TCP_WRITE_HIGH, but misses already in flight
 # still write their answers when they come. So the worst case is: just under TCP_WRITE_HIGH
@@ -47,29 +48,29 @@ TCP_BACKLOG = 1024
 # 14 misses per connection: plenty for a resolver pipelining small answers (cache hits are not
 # limited by it, only by the write buffer). Queries read but not yet answered wait in the
 # frame buffer, at most one socket read (256 KiB) on top, and only while reading is paused.
-TCP_CONNECTION_BUDGET = 1 << 20
-MAX_DNS_MESSAGE = 65535 + 2  # with its length prefix
-TCP_WRITE_HIGH = 32 << 10  # unsent reply bytes above which reading the connection pauses
-TCP_WRITE_LOW = 8 << 10  # ... and below which it resumes
-MAX_PIPELINED = (TCP_CONNECTION_BUDGET - TCP_WRITE_HIGH - MAX_DNS_MESSAGE) // MAX_DNS_MESSAGE  # misses in flight
+TCP_CONNECTION_BUDGET: Final = 1 << 20
+MAX_DNS_MESSAGE: Final = 65535 + 2  # with its length prefix
+TCP_WRITE_HIGH: Final = 32 << 10  # unsent reply bytes above which reading the connection pauses
+TCP_WRITE_LOW: Final = 8 << 10  # ... and below which it resumes
+MAX_PIPELINED: Final = (TCP_CONNECTION_BUDGET - TCP_WRITE_HIGH - MAX_DNS_MESSAGE) // MAX_DNS_MESSAGE  # misses in flight
 # The kernel's send buffer for a client connection, set rather than autotuned (up to 4 MiB on
 # Linux), so a client that never reads costs little kernel memory, which the pod's memory
 # limit counts too. The kernel doubles it; a 64 KiB answer still goes out in one write.
-TCP_SNDBUF = 64 << 10
-LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
-REFUSAL_LOG_INTERVAL = 60.0  # seconds between log lines about refused TCP connections
+TCP_SNDBUF: Final = 64 << 10
+LINGER_RESET: Final = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
+REFUSAL_LOG_INTERVAL: Final = 60.0  # seconds between log lines about refused TCP connections
 # Bind before the address exists: the agent serves first, then adds its
 # addresses to the interface, then steers traffic with iptables rules.
 # Batched UDP (UdpBatchTransport, mmsg.Batch): datagrams per recvmmsg/sendmmsg, and the receive slots.
 # A query is small (a name of at most 255 bytes, an OPT with a cookie or padding), so a query larger
 # than UDP_BATCH_DATAGRAM (no real client sends one) is dropped and counted; 64 slots of 2 KiB are
 # 128 KiB per socket. Replies need no slots: sendmmsg reads them where they are (mmsg.PAIR).
-UDP_BATCH_DATAGRAM = 2048
+UDP_BATCH_DATAGRAM: Final = 2048
 # Every wake-up reads with recvmmsg, even when it finds one query: measured at 40k q/s offered (a
 # wake-up then finds a few, often one), that costs ~1.3 us of CPU a query less than reading a quiet socket
 # with recvfrom and sendto, which an earlier version did after a batch of one (docs/performance.md).
-IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
-IPV6_FREEBIND = 78  # Linux 4.15+; not exported by the socket module
+IP_FREEBIND: Final = getattr(socket, "IP_FREEBIND", 15)
+IPV6_FREEBIND: Final = 78  # Linux 4.15+; not exported by the socket module
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -110,7 +111,7 @@ def make_socket(
     return sock
 
 
-_BUFFER_OPTIONS = {
+_BUFFER_OPTIONS: Final = {
     "receive": (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF, "net.core.rmem_max"),
     "send": (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF, "net.core.wmem_max"),
 }
@@ -163,10 +164,37 @@ def _set_freebind(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
 
 
+class Memo(Protocol):
+    """The part of the resolver's reply memo (cache.ReplyMemo) a UDP listener replays from."""
+
+    @property
+    def by_via(self) -> tuple[dict[bytes, Replay], ...]: ...
+
+
+class Answerer(Protocol):
+    """What a listener needs of the resolver: a Resolver, or a stand-in (test and benchmark stubs).
+
+    Typed as this rather than Resolver because the compiled module checks a Resolver argument's
+    class at run time; the attributes are read once per socket or connection, so the looser type
+    costs nothing per query.
+    """
+
+    activity: Activity
+    query_log: QueryLog | None
+    @property
+    def replies(self) -> Memo: ...
+
+    def clock(self) -> float: ...
+
+    def answer(self, data: bytes, via: int) -> bytes | wire.Query | None: ...
+
+    def submit(self, data: bytes, q: wire.Query, via: int, deliver: Deliver, token: Any) -> None: ...
+
+
 class UdpListener(asyncio.DatagramProtocol):
     """Answers datagrams; hits inline, misses through Resolver.submit."""
 
-    def __init__(self, resolver: Resolver) -> None:
+    def __init__(self, resolver: Answerer) -> None:
         self.resolver = resolver
         self.answer = resolver.answer
         self.submit = resolver.submit
@@ -396,21 +424,6 @@ class TcpClients:
         if now - self._warned >= REFUSAL_LOG_INTERVAL:
             self._warned = now
             log.warning("closing a TCP connection from %s at once: %s; refusals are counted in stats", address, why)
-
-
-class Answerer(Protocol):
-    """What a TCP connection needs of the resolver: a Resolver, or a stand-in (the TCP limit tests' stub).
-
-    Typed as this rather than Resolver because the compiled module checks a Resolver argument's
-    class at run time; the attributes are read once per connection, so the looser type costs nothing.
-    """
-
-    activity: Activity
-    query_log: QueryLog | None
-
-    def answer(self, data: bytes, via: int) -> bytes | wire.Query | None: ...
-
-    def submit(self, data: bytes, q: wire.Query, via: int, deliver: Deliver, token: Any) -> None: ...
 
 
 class TcpConnection(FramedConnection):

@@ -26,7 +26,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from nodecache import prefetch, wire
 from nodecache.cache import Entry, Kind, MemoryBudget, ReplyMemo, ZoneCache
@@ -39,38 +39,38 @@ from nodecache.names import at_or_below, name_to_wire
 from nodecache.timers import Ticket, Timers
 from nodecache.upstream import Upstream
 
-log = logging.getLogger(__name__)
+log: Final = logging.getLogger(__name__)
 
-TCP_LIMIT = 65535
+TCP_LIMIT: Final = 65535
 # Names remembered for zone matching before a reset. Not in the cache budget, so kept small:
 # at 100,000 it held 7.8 MiB with 80,000 distinct names, at 16,384 about 1.6 MiB once every
 # cache is full. Repeated hits are answered by the reply memo before it is asked, so it mostly
 # serves a name's first hits and its misses, and a name it forgot costs one dict lookup per label.
-ZONE_MEMO_LIMIT = 4_096
-WARN_INTERVAL = 5.0  # an upstream outage logs once per zone per interval, not per query
+ZONE_MEMO_LIMIT: Final = 4_096
+WARN_INTERVAL: Final = 5.0  # an upstream outage logs once per zone per interval, not per query
 
 # The agent's own zone (RFC 6761 reserves .invalid): answered from memory.
-LOCAL_ZONE = "nodecache.invalid."
-PROBE_NAME = "ready.nodecache.invalid."
-PROBE_TYPE = 16  # TXT
-PROBE_TEXT = b"ready"
-LOCAL_TTL = 86400  # the probe's answer stays cached; refetched from memory if flushed or expired
-_LOCAL_POLICY = CachePolicy(success_capacity=4, success_max_ttl=LOCAL_TTL, denial_capacity=0)
+LOCAL_ZONE: Final = "nodecache.invalid."
+PROBE_NAME: Final = "ready.nodecache.invalid."
+PROBE_TYPE: Final = 16  # TXT
+PROBE_TEXT: Final = b"ready"
+LOCAL_TTL: Final = 86400  # the probe's answer stays cached; refetched from memory if flushed or expired
+_LOCAL_POLICY: Final = CachePolicy(success_capacity=4, success_max_ttl=LOCAL_TTL, denial_capacity=0)
 
 # Loop detection (Corefile `loop`): a probe for RANDOM.nodecache-loop-check.ZONE goes to
 # each upstream; if it reaches our own listener, that upstream forwards to us.
-LOOP_LABEL = "nodecache-loop-check"
-_LOOP_WIRE = bytes((len(LOOP_LABEL),)) + LOOP_LABEL.encode()
-LOOP_PROBE_TYPE = 13  # HINFO, as CoreDNS's loop plugin asks
-LOOP_PROBE_TIMEOUT = 2.0
+LOOP_LABEL: Final = "nodecache-loop-check"
+_LOOP_WIRE: Final = bytes((len(LOOP_LABEL),)) + LOOP_LABEL.encode()
+LOOP_PROBE_TYPE: Final = 13  # HINFO, as CoreDNS's loop plugin asks
+LOOP_PROBE_TIMEOUT: Final = 2.0
 
 # Types a miss may wait on, in flight for its name, to be answered from their NXDOMAIN (RFC 8020):
 # getaddrinfo asks A and AAAA at the same moment. As they sit in cache keys (see wire.scan_query).
-SIBLING_TYPES = (struct.pack("!H", 1), struct.pack("!H", 28))
-_SIBLING_OF = {SIBLING_TYPES[0]: SIBLING_TYPES[1], SIBLING_TYPES[1]: SIBLING_TYPES[0]}
+SIBLING_TYPES: Final = (struct.pack("!H", 1), struct.pack("!H", 28))
+_SIBLING_OF: Final = {SIBLING_TYPES[0]: SIBLING_TYPES[1], SIBLING_TYPES[1]: SIBLING_TYPES[0]}
 
-DEADLINE_SLACK = 0.002  # waiters due within this of a deadline timer are answered with it
-DRAIN_POLL = 0.01  # seconds between checks while shutdown waits for the last answers
+DEADLINE_SLACK: Final = 0.002  # waiters due within this of a deadline timer are answered with it
+DRAIN_POLL: Final = 0.01  # seconds between checks while shutdown waits for the last answers
 
 # How a listener gets a miss's answer: deliver(token, reply, outcome).
 Deliver = Callable[[Any, bytes, str], None]

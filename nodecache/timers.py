@@ -17,15 +17,15 @@ import heapq
 import time
 from collections.abc import Callable
 from itertools import count
-from typing import Any
+from typing import Any, Final
 
 # Deadlines due within this of the one the loop timer fired for run with it: uvloop's clock counts whole
 # milliseconds, so its timers may fire up to one early.
-SLACK = 0.002
+SLACK: Final = 0.002
 COMPACT_MIN = 256  # cancelled tickets tolerated in the heap before a rebuild is considered
 
 Ticket = list[Any]  # [callback or None once cancelled or run, its argument]
-_clock = time.monotonic
+_clock: Final = time.monotonic
 
 
 class Timers:

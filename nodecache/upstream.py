@@ -43,7 +43,7 @@ import socket
 import time
 from array import array
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from nodecache import wire
 from nodecache.config import Address
@@ -51,7 +51,7 @@ from nodecache.counters import Histogram, Latencies, counted_rcode
 from nodecache.errors import UpstreamError
 from nodecache.framing import FramedConnection
 
-log = logging.getLogger(__name__)
+log: Final = logging.getLogger(__name__)
 
 # Per upstream: up to PIPELINE_DEPTH queries share a connection before another
 # opens, up to MAX_TCP_CONNECTIONS (then the least busy one goes deeper). The
@@ -59,26 +59,26 @@ log = logging.getLogger(__name__)
 # ends fewer system calls: against NSD, 32 deep gave a quarter more misses/s than
 # 4 deep on 16 connections, with no loss (docs/performance.md). A reply a server
 # sits on costs a retransmission timer: the retry takes another connection.
-MAX_TCP_CONNECTIONS = 16
-PIPELINE_DEPTH = 32
-MAX_MESSAGE = 65535
+MAX_TCP_CONNECTIONS: Final = 16
+PIPELINE_DEPTH: Final = 32
+MAX_MESSAGE: Final = 65535
 # UDP socket pool, per upstream (see the module notes). A socket serves one query at a time, at most
 # UDP_SOCKET_USES of them within UDP_SOCKET_SECONDS; up to UDP_IDLE_MAX wait idle for the next query.
-UDP_SOCKET_USES = 64
-UDP_SOCKET_SECONDS = 5.0
-UDP_IDLE_MAX = 128
+UDP_SOCKET_USES: Final = 64
+UDP_SOCKET_SECONDS: Final = 5.0
+UDP_IDLE_MAX: Final = 128
 UDP_SOCKETS_MAX = 2048  # open at once (busy and idle): a zone's max_concurrent (1000) times two open tries, and some
-ID_BLOCK = 4096  # bytes of CSPRNG output read at once for query IDs: 2048 IDs per getrandom call
-HEALTH_QUERY = b"\x00" + b"\x00\x02\x00\x01"  # ". IN NS", as CoreDNS probes
+ID_BLOCK: Final = 4096  # bytes of CSPRNG output read at once for query IDs: 2048 IDs per getrandom call
+HEALTH_QUERY: Final = b"\x00" + b"\x00\x02\x00\x01"  # ". IN NS", as CoreDNS probes
 
 # Retransmission timer (RFC 6298 2.1-2.3): before the first answer a try is
 # retried after INITIAL_RTO; after it, after SRTT + 4 RTTVAR (at least 2 SRTT), never sooner
 # than MIN_RTO (a cluster DNS answers in well under a millisecond, but a node
 # resolver that recurses needs tens) and never later than the zone's try timeout.
-INITIAL_RTO = 1.0
-MIN_RTO = 0.1
+INITIAL_RTO: Final = 1.0
+MIN_RTO: Final = 0.1
 
-_ids: list[int] = []
+_ids: Final[list[int]] = []
 
 
 def random_id() -> int:

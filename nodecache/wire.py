@@ -16,42 +16,42 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
-HEADER_LEN = 12
-MIN_UDP_PAYLOAD = 512  # RFC 1035: what a client without EDNS can take
-MAX_NAME_LEN = 255
-TYPE_SOA = 6
-TYPE_OPT = 41
-TYPE_IXFR = 251
-TYPE_AXFR = 252
-TYPE_ANY = 255
-EDNS_VERSION = 0
-OPT_LEN = 11  # an OPT record without options: root name, type, class, TTL, RDLEN
+HEADER_LEN: Final = 12
+MIN_UDP_PAYLOAD: Final = 512  # RFC 1035: what a client without EDNS can take
+MAX_NAME_LEN: Final = 255
+TYPE_SOA: Final = 6
+TYPE_OPT: Final = 41
+TYPE_IXFR: Final = 251
+TYPE_AXFR: Final = 252
+TYPE_ANY: Final = 255
+EDNS_VERSION: Final = 0
+OPT_LEN: Final = 11  # an OPT record without options: root name, type, class, TTL, RDLEN
 
 # Response codes (RFC 1035, RFC 6891 for the extended BADVERS).
-NOERROR = 0
-FORMERR = 1
-SERVFAIL = 2
-NXDOMAIN = 3
-NOTIMP = 4
-REFUSED = 5
-BADVERS = 16
+NOERROR: Final = 0
+FORMERR: Final = 1
+SERVFAIL: Final = 2
+NXDOMAIN: Final = 3
+NOTIMP: Final = 4
+REFUSED: Final = 5
+BADVERS: Final = 16
 
 # Bits of the second and third header bytes.
-QR = 0x80
-AA = 0x04
-TC = 0x02
-RD = 0x01
-RA = 0x80
-AD = 0x20
-CD = 0x10
+QR: Final = 0x80
+AA: Final = 0x04
+TC: Final = 0x02
+RD: Final = 0x01
+RA: Final = 0x80
+AD: Final = 0x20
+CD: Final = 0x10
 
 # Cache-key flag byte: the DO bit (EDNS) and the CD bit both change what an
 # upstream returns, so they are part of the key (as in CoreDNS).
-KEY_DO = 0x01
-KEY_CD = 0x02
-_KEY_FLAG = [bytes((i,)) for i in range(4)]
+KEY_DO: Final = 0x01
+KEY_CD: Final = 0x02
+_KEY_FLAG: Final = [bytes((i,)) for i in range(4)]
 
 
 class Malformed(Exception):
@@ -83,9 +83,9 @@ class ZoneTransfer(Malformed):
 
 
 # Low bytes of the query types scan_query refuses (OPT, IXFR, AXFR); a high byte of 0 is checked apart.
-_REFUSED_QTYPE = tuple(t in (TYPE_OPT, TYPE_IXFR, TYPE_AXFR) for t in range(256))
-_NO_RECORDS = bytes(6)  # the answer, authority and additional counts of a bare question
-_ONE_ADDITIONAL = bytes((0, 0, 0, 0, 0, 1))  # ... of a question with one OPT
+_REFUSED_QTYPE: Final = tuple(t in (TYPE_OPT, TYPE_IXFR, TYPE_AXFR) for t in range(256))
+_NO_RECORDS: Final = bytes(6)  # the answer, authority and additional counts of a bare question
+_ONE_ADDITIONAL: Final = bytes((0, 0, 0, 0, 0, 1))  # ... of a question with one OPT
 
 
 class Query(NamedTuple):
@@ -310,9 +310,37 @@ class ReplyScan:
     soa_minimum: int | None
     has_type: bool = True  # the answer section holds the asked type (False: a bare CNAME chain)
 
+    # Written out rather than generated: compiled, the dataclass's generated __init__ would run as Python,
+    # once a miss. The dataclass still gives eq, repr and replace.
+    def __init__(
+        self,
+        rcode: int,
+        flags: int,
+        answers: int,
+        authority: int,
+        additional: int,
+        body: bytes,
+        ttl_offsets: list[int],
+        ttls: list[int],
+        soa_ttl: int | None,
+        soa_minimum: int | None,
+        has_type: bool = True,
+    ) -> None:
+        self.rcode = rcode
+        self.flags = flags
+        self.answers = answers
+        self.authority = authority
+        self.additional = additional
+        self.body = body
+        self.ttl_offsets = ttl_offsets
+        self.ttls = ttls
+        self.soa_ttl = soa_ttl
+        self.soa_minimum = soa_minimum
+        self.has_type = has_type
+
 
 # Error rcodes an upstream may send without echoing the question (RFC 6891 7, RFC 1035 4.1.1).
-_QUESTIONLESS_RCODES = (FORMERR, SERVFAIL, NOTIMP)
+_QUESTIONLESS_RCODES: Final = (FORMERR, SERVFAIL, NOTIMP)
 
 
 def scan_reply(msg: bytes, lname: bytes, qtc: bytes) -> ReplyScan:
@@ -448,8 +476,8 @@ def with_ttls(body: bytes, offsets: list[int], ttls: list[int], elapsed: int) ->
 
 
 # One TTL field of a cached body, packed: its offset (16 bits: a body is under 64 KiB) and its TTL.
-_TTL_FIELD = struct.Struct("!HI")
-TTL_FIELD_LEN = _TTL_FIELD.size
+_TTL_FIELD: Final = struct.Struct("!HI")
+TTL_FIELD_LEN: Final = _TTL_FIELD.size
 
 
 def pack_ttls(offsets: list[int], ttls: list[int]) -> bytes:
@@ -472,7 +500,7 @@ def with_packed_ttls(body: bytes, packed: bytes, elapsed: int, fixed: int = -1) 
 
 # Types whose RDATA may carry compressed names (RFC 1035 3.3; RFC 3597 4 forbids it for later types),
 # mapped to the bytes of fixed data before their first name and how many names follow.
-_COMPRESSIBLE_RDATA = {2: (0, 1), 3: (0, 1), 4: (0, 1), 5: (0, 1), 6: (0, 2), 7: (0, 1), 8: (0, 1),
+_COMPRESSIBLE_RDATA: Final = {2: (0, 1), 3: (0, 1), 4: (0, 1), 5: (0, 1), 6: (0, 2), 7: (0, 1), 8: (0, 1),
                        9: (0, 1), 12: (0, 1), 14: (0, 2), 15: (2, 1)}  # fmt: skip
 
 
