@@ -25,7 +25,6 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from nodecache import mmsg, wire
