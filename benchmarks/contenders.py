@@ -19,6 +19,8 @@ from pathlib import Path
 import benchlib as bl
 from fillzones import FILL_PER_KIND
 
+from nodecache import PURE_PYTHON_ENV, build
+
 NODECACHE = "nodecache"
 #: The workloads every contender runs; "miss-udp" is nodecache's alone (see NodecacheUdp).
 COMMON_WORKLOADS = ("fill", "hit", "hit-rate", "miss-rate", "miss")
@@ -107,13 +109,15 @@ class Nodecache(Contender):
     def env(self) -> dict[str, str]:
         # The CLI reads NODECACHE_* variables; a stray one in the caller's shell
         # would silently change what is measured. Use --nodecache-args instead.
-        return {k: v for k, v in os.environ.items() if not k.startswith("NODECACHE_")}
+        # NODECACHE_PURE_PYTHON is kept: it is no option, it picks the build to measure
+        # (the version column then says "python"; see version()).
+        return {k: v for k, v in os.environ.items() if not k.startswith("NODECACHE_") or k == PURE_PYTHON_ENV}
 
     def version(self) -> str:
         try:
             import nodecache
 
-            return getattr(nodecache, "__version__", "unknown")
+            return f"{getattr(nodecache, '__version__', 'unknown')} ({build()})"  # compiled, or python
         except ImportError:
             return "unknown"
 
