@@ -180,6 +180,7 @@ class Answerer(Protocol):
 
     activity: Activity
     query_log: QueryLog | None
+
     @property
     def replies(self) -> Memo: ...
 
@@ -251,6 +252,8 @@ class UdpListener(asyncio.DatagramProtocol):
             for length in lengths:
                 countdown -= 1
                 # The bytes after the ID, straight from the slot (a cut datagram, length > slot, is not looked up).
+                # `incoming` is an mmap, sliced as Python slices even compiled: a datagram shorter than an ID
+                # looks up b"" (docs/performance.md, "Compiled modules", on bytes slices).
                 replay = memo.get(incoming[at + 2 : at + length]) if length <= slot and countdown else None
                 if replay is not None and now < replay[1]:  # as Resolver.answer replays it
                     replay[2][via] += 1

@@ -552,6 +552,8 @@ def uncompressed(scan: ReplyScan, lname: bytes, qtc: bytes) -> ReplyScan:
             for _n in range(names):
                 name, k = _expand_name(msg, k)
                 parts.append(name)
+            if k > rd_end:  # (and msg[k:rd_end] would raise, compiled: docs/performance.md, "Compiled modules")
+                raise Malformed("a name in a record's data runs past the record")
             rdata = b"".join(parts) + msg[k:rd_end]
         out += owner + msg[j : j + 4]
         offsets.append(len(out))

@@ -182,3 +182,33 @@ async def test_a_query_too_large_for_a_batch_slot_is_dropped_and_counted(upstrea
         assert await ask_udp(port, query(NAMES[0], "A", qid=9)) is not None
         (udp,) = srv.listeners.udp_stats()
         assert (udp.truncated, udp.batched, srv.resolver.dropped) == (2, True, 2)
+
+
+@needs_mmsg
+async def test_datagrams_shorter_than_an_id_do_not_stop_the_batch_they_came_in(
+    upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """0-, 1- and 2-byte datagrams read in one recvmmsg with real queries: dropped and counted, the rest answered.
+
+    The reader looks every datagram up in the reply memo by the bytes after its ID first, and for these
+    there are none: the slice ends before it starts, which compiled code must not choke on either.
+    """
+    async with running(make_config([f"127.0.0.1:{upstream.port}"])) as srv:
+        transport = srv._listeners["127.0.0.1"][0]
+        assert isinstance(transport, UdpBatchTransport)
+        transport.protocol.countdown = 1 << 30  # no sampling: the reader's own replay branch
+        port = srv.bound[0][1]
+        assert await ask_udp(port, query(NAMES[0], "A", qid=1)) is not None  # a miss, then cached
+        assert await ask_udp(port, query(NAMES[0], "A", qid=2)) is not None  # a hit, now in the reply memo
+        dropped, batches = srv.resolver.dropped, transport.batch.batches
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.setblocking(False)
+            for junk in (b"", b"\x00", b"\x12\x34"):
+                s.sendto(junk, ("127.0.0.1", port))
+                s.sendto(query(NAMES[0], "A", qid=3), ("127.0.0.1", port))
+            loop = asyncio.get_running_loop()
+            replies = [await asyncio.wait_for(loop.sock_recv(s, 2048), 5) for _ in range(3)]
+        assert [wire.reply_id(r) for r in replies] == [3, 3, 3]
+        assert srv.resolver.dropped == dropped + 3
+        assert transport.batch.batches > batches
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

@@ -762,3 +762,22 @@ def test_reply_id() -> None:
     """reply_id reads the ID of any message that has one."""
     assert wire.reply_id(reply(qid=0xABCD)) == 0xABCD
     assert wire.reply_id(reply(qid=0)) == 0
+
+
+class TestUncompressed:
+    def test_a_name_running_past_its_records_data_is_malformed(self) -> None:
+        """A CNAME whose name ends past its RDLENGTH (in the next record's owner): refused, not copied.
+
+        scan_reply walks records by their lengths and accepts it; writing its names out must refuse it
+        (the RFC 8020 cut then keeps the reply as an ordinary entry). Compiled, the slice after
+        such a name used to raise SystemError instead.
+        """
+        q = wire.scan_query(query(NAME))
+        lname, qtc = q.lname, q.key[len(q.lname) : len(q.lname) + 4]
+        cname = struct.pack("!HHHIH", 0xC00C, QTYPE.CNAME, CLASS.IN, 60, 2) + b"\x01a"  # "a." needs 3 bytes
+        a = b"\x00" + struct.pack("!HHIH", QTYPE.A, CLASS.IN, 60, 4) + bytes((192, 0, 2, 1))  # the root's zero ends it
+        msg = struct.pack("!HBBHHHH", 0x1234, wire.QR | wire.RD, wire.RA, 1, 2, 0, 0) + lname + qtc + cname + a
+        scan = wire.scan_reply(msg, lname, qtc)
+        assert scan.answers == 2
+        with pytest.raises(wire.Malformed):
+            wire.uncompressed(scan, lname, qtc)
