@@ -77,7 +77,7 @@ run: $(COMPILED)
 PURE_TESTS := tests/test_wire.py tests/test_wire_fuzz.py tests/test_cache.py tests/test_prefetch.py \
 	tests/test_resolver.py tests/test_forwarder.py tests/test_upstream.py tests/test_timers.py \
 	tests/test_listeners.py tests/test_hitpath_variants.py tests/test_tcp_limits.py tests/test_logs.py tests/test_counters.py \
-	tests/test_cache_memory.py tests/test_heap.py
+	tests/test_cache_memory.py tests/test_heap.py tests/test_mmsg.py
 
 test: debs $(COMPILED)
 	$(VENV)/bin/lint-imports

@@ -28,49 +28,31 @@ import mmap
 import socket
 import struct
 import sys
-from typing import Any
+from typing import Any, Final
 
-MSG_DONTWAIT = 0x40
-MSG_TRUNC = 0x20  # as a recv flag: msg_len is the datagram's real length, so a cut one is seen
-_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
+from nodecache.mmsgabi import IoVec, MMsgHdr
 
-
-class _IoVec(ctypes.Structure):
-    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+MSG_DONTWAIT: Final = 0x40
+MSG_TRUNC: Final = 0x20  # as a recv flag: msg_len is the datagram's real length, so a cut one is seen
+_AGAIN: Final = (errno.EAGAIN, errno.EWOULDBLOCK)
 
 
-class _MsgHdr(ctypes.Structure):
-    _fields_ = [
-        ("msg_name", ctypes.c_void_p),
-        ("msg_namelen", ctypes.c_uint32),
-        ("msg_iov", ctypes.c_void_p),
-        ("msg_iovlen", ctypes.c_size_t),
-        ("msg_control", ctypes.c_void_p),
-        ("msg_controllen", ctypes.c_size_t),
-        ("msg_flags", ctypes.c_int),
-    ]
-
-
-class _MMsgHdr(ctypes.Structure):
-    _fields_ = [("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint)]
-
-
-_SOCKADDR = 28  # sizeof(struct sockaddr_in6), which also holds a sockaddr_in
-_NAMELEN = {socket.AF_INET: 16, socket.AF_INET6: _SOCKADDR}
-_HDR = ctypes.sizeof(_MMsgHdr)
-_LEN_AT = _MMsgHdr.msg_len.offset
-_IOV = ctypes.sizeof(_IoVec)
+_SOCKADDR: Final = 28  # sizeof(struct sockaddr_in6), which also holds a sockaddr_in
+_NAMELEN: Final = {socket.AF_INET: 16, socket.AF_INET6: _SOCKADDR}
+_HDR: Final = ctypes.sizeof(MMsgHdr)
+_LEN_AT: Final = MMsgHdr.msg_len.offset
+_IOV: Final = ctypes.sizeof(IoVec)
 # A reply goes out as two iovecs: (the query's ID, in its receive slot; the rest of a replayed
 # reply) or (a whole reply; nothing). Both point at the bytes where they already are, so no reply
 # is copied into a send buffer: set_pair(send_vector, out * PAIR, base, length, base, length).
-PAIR = 2 * _IOV
-set_pair = struct.Struct("PNPN").pack_into
+PAIR: Final = 2 * _IOV
+set_pair: Final = struct.Struct("PNPN").pack_into
 # Where a bytes object's contents start, from its id(): CPython's PyBytesObject header. Checked
 # when the module loads (if it is not so, _LIB is None and the listener uses the loop's transport).
-BYTES_AT = bytes.__basicsize__ - 1
-_v4 = struct.Struct("!2xH4s")  # sockaddr_in: family (host order, skipped), port, address
-_v6 = struct.Struct("!2xHI16s")  # sockaddr_in6: family, port, flow info, address; then the scope
-_scope = struct.Struct("=I")  # sin6_scope_id, in host order
+BYTES_AT: Final = bytes.__basicsize__ - 1
+_v4: Final = struct.Struct("!2xH4s")  # sockaddr_in: family (host order, skipped), port, address
+_v6: Final = struct.Struct("!2xHI16s")  # sockaddr_in6: family, port, flow info, address; then the scope
+_scope: Final = struct.Struct("=I")  # sin6_scope_id, in host order
 
 
 def _libc() -> Any:
@@ -97,8 +79,8 @@ def _bytes_address_holds() -> bool:
     return ctypes.string_at(id(probe) + BYTES_AT, len(probe)) == probe
 
 
-_BYTES_ADDRESS_HOLDS = _bytes_address_holds()
-_LIB: Any = _libc() if _BYTES_ADDRESS_HOLDS else None
+_BYTES_ADDRESS_HOLDS: Final = _bytes_address_holds()
+_LIB: Final[Any] = _libc() if _BYTES_ADDRESS_HOLDS else None
 
 
 def available() -> str | None:
@@ -134,12 +116,13 @@ class Batch:
         # The receive slots are one anonymous mapping: its pages become resident only once a
         # datagram is written to them, so an agent that never sees a burst does not pay for 64 slots.
         self.incoming = mmap.mmap(-1, size * datagram)
-        self._in = (ctypes.c_char * (size * datagram)).from_buffer(self.incoming)
-        self._names = ctypes.create_string_buffer(size * _SOCKADDR)
-        self._iov_in = (_IoVec * size)()
-        self._iov_out = (_IoVec * (2 * size))()  # two per reply: see PAIR
-        self._hdr_in = (_MMsgHdr * size)()
-        self._hdr_out = (_MMsgHdr * size)()
+        # The ctypes buffers and vectors, typed Any: only ctypes itself reads them.
+        self._in: Any = (ctypes.c_char * (size * datagram)).from_buffer(self.incoming)
+        self._names: Any = ctypes.create_string_buffer(size * _SOCKADDR)
+        self._iov_in: Any = (IoVec * size)()
+        self._iov_out: Any = (IoVec * (2 * size))()  # two per reply: see PAIR
+        self._hdr_in: Any = (MMsgHdr * size)()
+        self._hdr_out: Any = (MMsgHdr * size)()
         namelen = _NAMELEN.get(self.family, _SOCKADDR)
         self.ids_at = ctypes.addressof(self._in)  # query i's ID is at ids_at + i * datagram
         names_at, iov_out_at = ctypes.addressof(self._names), ctypes.addressof(self._iov_out)
