@@ -45,8 +45,8 @@ $(STAMP): setup.cfg pyproject.toml setup.py
 COMPILED_SRC := $(shell sed -n '/^\[nodecache:compiled\]/,/^\[/s/^ *\(nodecache\/[a-z_]*\.py\)$$/\1/p' setup.cfg)
 COMPILED     := $(VENV)/.compiled
 
-$(COMPILED): $(STAMP) $(COMPILED_SRC)
-	@echo "compiling $(words $(COMPILED_SRC)) hot-path modules with mypyc (about a minute)"
+$(COMPILED): $(STAMP) $(COMPILED_SRC) nodecache/mmsgabi.py
+	@echo "compiling $(words $(COMPILED_SRC)) hot-path modules with mypyc, and mmsg's cffi calls (about a minute)"
 	$(VPY) setup.py -q build_ext --inplace --force
 	touch $(COMPILED)
 

@@ -2,16 +2,19 @@
 
 Metadata lives in setup.cfg; this file only adds the extensions. The modules
 listed under [nodecache:compiled] in setup.cfg are compiled (docs/performance.md,
-"Compiled modules"). Every one of them is also valid plain Python, so a build
-that cannot compile still installs a working agent, only slower:
+"Compiled modules"), and cffi builds the small extension through which mmsg calls
+recvmmsg and sendmmsg (nodecache/mmsgabi.py). Every compiled module is also valid
+plain Python, and mmsg falls back to ctypes, so a build that cannot compile still
+installs a working agent, only slower:
 
 - NODECACHE_COMPILE=0 builds no extensions;
-- without mypyc, or when the C compiler fails, the build says so and goes on pure.
+- without mypyc or cffi, or when the C compiler fails, the build says so and goes on pure.
 """
 
 from __future__ import annotations
 
 import configparser
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -49,6 +52,20 @@ class OptionalBuildExt(build_ext):
                 "Install a C compiler and Python's headers (Debian: gcc python3-dev) to compile them.")
 
 
+def ffi_extension() -> list:
+    """The cffi extension of mmsgabi.ffibuilder(), or none without cffi (mmsg then calls through ctypes)."""
+    try:
+        import cffi  # noqa: F401
+    except ImportError:
+        say("cffi is not installed; recvmmsg and sendmmsg will go through ctypes (pip install cffi)")
+        return []
+    # By path: importing the package here would need its dependencies at build time.
+    spec = importlib.util.spec_from_file_location("mmsgabi", HERE / "nodecache" / "mmsgabi.py")
+    abi = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(abi)
+    return [abi.ffibuilder().distutils_extension(tmpdir=str(HERE / "build" / "cffi"), verbose=False)]
+
+
 def extensions() -> list:
     if os.environ.get("NODECACHE_COMPILE", "1") == "0":
         say("NODECACHE_COMPILE=0: not compiling; the pure-Python modules are installed")
@@ -59,7 +76,8 @@ def extensions() -> list:
         say("mypyc is not installed; the pure-Python modules are installed (pip install mypy to compile)")
         return []
     os.chdir(HERE)  # mypycify takes paths relative to the project
-    return mypycify(["--ignore-missing-imports", *compiled_modules()], opt_level="3", group_name=GROUP)
+    compiled = mypycify(["--ignore-missing-imports", *compiled_modules()], opt_level="3", group_name=GROUP)
+    return compiled + ffi_extension()
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

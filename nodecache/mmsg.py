@@ -1,4 +1,4 @@
-"""Many datagrams per system call: recvmmsg(2) and sendmmsg(2) through ctypes (libc).
+"""Many datagrams per system call: recvmmsg(2) and sendmmsg(2), called through cffi or ctypes.
 
 A UDP listener that answers hits inline spends most of its time in the
 kernel boundary and the event loop's per-datagram machinery, not in the
@@ -15,22 +15,25 @@ whole reply, or the query's own ID in its receive slot and the rest of a
 remembered reply (cache.ReplyMemo), so a replayed hit allocates nothing.
 A datagram larger than `datagram` is dropped and counted (`truncated`).
 
-Linux only (the calls exist in glibc and musl); `available()` says whether
-this process can use them, and the listener falls back to the event loop's
-datagram transport when it cannot.
+The two calls go through the cffi extension the build compiled where there
+is one (`FfiCalls`), else through ctypes (`CtypesCalls`): mmsgabi.py says
+why. Linux only (the calls exist in glibc and musl); `available()` says
+whether this process can use them, and the listener falls back to the event
+loop's datagram transport when it cannot.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import importlib
 import mmap
 import socket
 import struct
 import sys
 from typing import Any, Final
 
-from nodecache.mmsgabi import IoVec, MMsgHdr
+from nodecache.mmsgabi import FFI_MODULE, IoVec, MMsgHdr
 
 MSG_DONTWAIT: Final = 0x40
 MSG_TRUNC: Final = 0x20  # as a recv flag: msg_len is the datagram's real length, so a cut one is seen
@@ -48,14 +51,81 @@ _IOV: Final = ctypes.sizeof(IoVec)
 PAIR: Final = 2 * _IOV
 set_pair: Final = struct.Struct("PNPN").pack_into
 # Where a bytes object's contents start, from its id(): CPython's PyBytesObject header. Checked
-# when the module loads (if it is not so, _LIB is None and the listener uses the loop's transport).
+# when the module loads (if it is not so, CALLS is None and the listener uses the loop's transport).
 BYTES_AT: Final = bytes.__basicsize__ - 1
 _v4: Final = struct.Struct("!2xH4s")  # sockaddr_in: family (host order, skipped), port, address
 _v6: Final = struct.Struct("!2xHI16s")  # sockaddr_in6: family, port, flow info, address; then the scope
 _scope: Final = struct.Struct("=I")  # sin6_scope_id, in host order
 
 
-def _libc() -> Any:
+class Calls:
+    """recvmmsg and sendmmsg, each giving the count, or minus errno: through cffi or ctypes (mmsgabi.py)."""
+
+    name = ""
+
+    def pointer(self, address: int) -> Any:
+        """What the calls take for a vector at `address`: made once per vector, not per call."""
+        raise NotImplementedError
+
+    def recvmmsg(self, fd: int, vector: Any, count: int, flags: int) -> int:
+        raise NotImplementedError
+
+    def sendmmsg(self, fd: int, vector: Any, count: int, flags: int) -> int:
+        raise NotImplementedError
+
+
+class FfiCalls(Calls):
+    """Through the cffi extension the build made (mmsgabi.FFI_MODULE): a direct C call, no libffi."""
+
+    name = "cffi"
+
+    def __init__(self, module: Any) -> None:
+        self.lib = module.lib
+        self.ffi = module.ffi
+        self.null = module.ffi.NULL
+
+    def pointer(self, address: int) -> Any:
+        return self.ffi.cast("void *", address)
+
+    def recvmmsg(self, fd: int, vector: Any, count: int, flags: int) -> int:
+        n: int = self.lib.recvmmsg(fd, vector, count, flags, self.null)
+        return n if n >= 0 else -self.ffi.errno  # type: ignore[no-any-return]
+
+    def sendmmsg(self, fd: int, vector: Any, count: int, flags: int) -> int:
+        n: int = self.lib.sendmmsg(fd, vector, count, flags)
+        return n if n >= 0 else -self.ffi.errno  # type: ignore[no-any-return]
+
+
+class CtypesCalls(Calls):
+    """Through ctypes and the process's own libc: where the build made no cffi extension."""
+
+    name = "ctypes"
+
+    def __init__(self, lib: Any) -> None:
+        self.lib = lib
+
+    def pointer(self, address: int) -> Any:
+        return ctypes.c_void_p(address)  # a bare Python int would be cut to a C int
+
+    def recvmmsg(self, fd: int, vector: Any, count: int, flags: int) -> int:
+        n: int = self.lib.recvmmsg(fd, vector, count, flags, None)
+        return n if n >= 0 else -ctypes.get_errno()
+
+    def sendmmsg(self, fd: int, vector: Any, count: int, flags: int) -> int:
+        n: int = self.lib.sendmmsg(fd, vector, count, flags)
+        return n if n >= 0 else -ctypes.get_errno()
+
+
+def ffi_calls() -> FfiCalls | None:
+    """The cffi extension's calls, or None: a pure-Python build, NODECACHE_PURE_PYTHON=1, or no cffi installed."""
+    try:
+        return FfiCalls(importlib.import_module(FFI_MODULE))
+    except ImportError:
+        return None
+
+
+def ctypes_calls() -> CtypesCalls | None:
+    """libc's calls through ctypes, or None where this C library lacks them."""
     try:
         lib = ctypes.PyDLL(None, use_errno=True)  # the process's own libc, glibc or musl
         lib.recvmmsg, lib.sendmmsg  # noqa: B018  (both must exist)
@@ -63,12 +133,11 @@ def _libc() -> Any:
         return None
     # No argtypes: converting through them costs about 1 µs a call, more than the rest of a
     # one-query batch's Python. Ints (fd, count, flags) go as Python ints, which ctypes passes as
-    # C int without looking up a type; the vectors as the ctypes arrays themselves (passed by
-    # address), or as c_void_p (a bare Python int would be cut to a 32-bit int). restype: int.
+    # C int without looking up a type; the vectors as c_void_p. restype: int.
     # PyDLL rather than CDLL: the call keeps the GIL instead of releasing and taking it again
     # (~400 instructions a call). Both calls are non-blocking (MSG_DONTWAIT), so no other
     # thread waits on them for longer than the system call itself.
-    return lib
+    return CtypesCalls(lib)
 
 
 def _bytes_address_holds() -> bool:
@@ -80,14 +149,15 @@ def _bytes_address_holds() -> bool:
 
 
 _BYTES_ADDRESS_HOLDS: Final = _bytes_address_holds()
-_LIB: Final[Any] = _libc() if _BYTES_ADDRESS_HOLDS else None
+# The calls every Batch uses unless given others (the tests run each kind): cffi's where built.
+CALLS: Final = (ffi_calls() or ctypes_calls()) if _BYTES_ADDRESS_HOLDS else None
 
 
 def available() -> str | None:
     """None when recvmmsg/sendmmsg can be used here, else why not (for the log line)."""
     if not _BYTES_ADDRESS_HOLDS:
         return "this Python does not lay out bytes objects as CPython does"
-    if _LIB is None:
+    if CALLS is None:
         return "this C library has no recvmmsg/sendmmsg"
     return None
 
@@ -102,9 +172,11 @@ class Batch:
     slots 0..out-1. The counters are read by the stats and metrics.
     """
 
-    def __init__(self, sock: socket.socket, size: int, datagram: int) -> None:
-        if _LIB is None:
+    def __init__(self, sock: socket.socket, size: int, datagram: int, calls: Calls | None = None) -> None:
+        calls = calls or CALLS
+        if calls is None:
             raise OSError(errno.ENOSYS, available())
+        self.calls = calls
         self.sock = sock
         self.fd = sock.fileno()
         self.size = size
@@ -133,13 +205,13 @@ class Batch:
                 hdr.msg_name, hdr.msg_namelen = names_at + i * _SOCKADDR, namelen
                 hdr.msg_iov, hdr.msg_iovlen = iov, count
         self._hdr_out_at = ctypes.addressof(self._hdr_out)
+        self._in_vector = calls.pointer(ctypes.addressof(self._hdr_in))  # what the calls take: made once
+        self._out_vector = calls.pointer(self._hdr_out_at)
         self.names = memoryview(self._names).cast("B")
         self.send_vector = memoryview(self._iov_out).cast("B")
         # The receive vector's msg_len fields of the first n entries, read with one unpack (_lengths[n]).
         entry = f"{_LEN_AT}xI{_HDR - _LEN_AT - 4}x"
         self._lengths = [struct.Struct(entry * n).unpack_from for n in range(size + 1)]
-        # recvmmsg's arguments, made once: plain ints and the vector itself (see _libc).
-        self._recv_args = (self.fd, self._hdr_in, size, MSG_DONTWAIT | MSG_TRUNC, None)
         self._hdr_in_view = memoryview(self._hdr_in).cast("B")
         self.received = 0  # datagrams read
         self.batches = 0  # recvmmsg calls that read at least one
@@ -153,15 +225,14 @@ class Batch:
         """recvmmsg: the lengths of the datagrams it read into the receive slots, as they came (larger
         than `slot` when cut); none when nothing waited, or on an error, counted."""
         while True:
-            n: int = _LIB.recvmmsg(*self._recv_args)
+            n = self.calls.recvmmsg(self.fd, self._in_vector, self.size, MSG_DONTWAIT | MSG_TRUNC)
             if n > 0:
                 self.batches += 1
                 self.received += n
                 return self._lengths[n](self._hdr_in_view)  # type: ignore[no-any-return]
-            err = ctypes.get_errno()
-            if n == 0 or err in _AGAIN:
+            if n == 0 or -n in _AGAIN:
                 return ()
-            if err != errno.EINTR:
+            if -n != errno.EINTR:
                 self.errors += 1  # ICMP errors and the like: nothing to answer; the next read goes on
                 return ()
 
@@ -201,7 +272,7 @@ class Batch:
         """
         if not out:
             return
-        k = _LIB.sendmmsg(self.fd, self._hdr_out, out, MSG_DONTWAIT)
+        k = self.calls.sendmmsg(self.fd, self._out_vector, out, MSG_DONTWAIT)
         if k == out:  # all of them, at once: nearly always
             self.sent += k
             return
@@ -211,16 +282,15 @@ class Batch:
                 done += k
                 self.sent += k
             else:
-                err = ctypes.get_errno()
-                if err in _AGAIN:  # the send buffer is full: what is left would wait on it; drop it, counted
+                if -k in _AGAIN:  # the send buffer is full: what is left would wait on it; drop it, counted
                     self.send_dropped += out - done
                     return
-                if err != errno.EINTR:
+                if -k != errno.EINTR:
                     self.send_failed += 1  # this reply's peer cannot be reached; the rest still go
                     done += 1
             if done >= out:
                 return
-            k = _LIB.sendmmsg(self.fd, ctypes.c_void_p(self._hdr_out_at + done * _HDR), out - done, MSG_DONTWAIT)
+            k = self.calls.sendmmsg(self.fd, self.calls.pointer(self._hdr_out_at + done * _HDR), out - done, MSG_DONTWAIT)
 
     def sendto(self, reply: bytes, addr: Any) -> None:
         """One reply now (a miss's answer): sendto, failures counted as flush() counts them."""

@@ -18,7 +18,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 
-from nodecache import build
+from nodecache import build, mmsg
 from nodecache.config import Config
 from nodecache.health import Readiness
 from nodecache.listeners import TcpClients
@@ -209,7 +209,9 @@ def run(config: Config, rebuild: Callable[[], Config] | None = None, watch: Sequ
     """
     factory = loop_factory(config.loop)
     settle_gc()
-    log.info("event loop: %s; hot path: %s", "uvloop" if factory else "asyncio", build())
+    calls = mmsg.CALLS.name if mmsg.CALLS is not None else "none"
+    log.info("event loop: %s; hot path: %s; recvmmsg/sendmmsg through: %s",
+             "uvloop" if factory else "asyncio", build(), calls)  # fmt: skip
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(Server(config, rebuild, watch).serve())
 

@@ -224,3 +224,7 @@ def test_stock_asyncio_loop_is_a_working_fallback(tmp_path: Path) -> None:
                                              "--loop", "asyncio"]) as agent:
         assert dig("127.0.0.1", port, "kubernetes.default.svc.cluster.local").rdatas("A") == ["192.0.2.1"]
     assert "event loop: asyncio" in agent.log
+    from nodecache import mmsg
+
+    assert mmsg.CALLS is not None  # the agent says how it calls the kernel for batched UDP: as this process would
+    assert f"recvmmsg/sendmmsg through: {mmsg.CALLS.name}" in agent.log

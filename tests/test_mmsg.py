@@ -1,10 +1,14 @@
-"""mmsg.Batch: many datagrams per recvmmsg, replies per sendmmsg from where their bytes are, each to its own peer."""
+"""mmsg.Batch: many datagrams per recvmmsg, replies per sendmmsg from where their bytes are, each to its own peer.
+
+Every test runs once per kind of call this build has (mmsg.Calls): cffi's where the build
+made its extension, and ctypes' always, the fallback.
+"""
 
 from __future__ import annotations
 
 import select
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -29,6 +33,16 @@ FAMILIES = [
     pytest.param((socket.AF_INET6, "::1"), id="ipv6",
                  marks=pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback (::1) here")),
 ]  # fmt: skip
+
+
+KINDS = [calls for calls in (mmsg.ffi_calls(), mmsg.ctypes_calls()) if calls is not None]
+BatchOf = Callable[[socket.socket, int], mmsg.Batch]
+
+
+@pytest.fixture(params=KINDS, ids=[calls.name for calls in KINDS])
+def new_batch(request: pytest.FixtureRequest) -> BatchOf:
+    """Makes a Batch of `size` slots of SLOT bytes that calls the kernel through this kind of call."""
+    return lambda sock, size: mmsg.Batch(sock, size, SLOT, request.param)
 
 
 @pytest.fixture(params=FAMILIES)
@@ -80,28 +94,42 @@ def send(batch: mmsg.Batch, replies: list[bytes | None]) -> None:
     batch.flush(out)
 
 
-def asked(server: socket.socket, *payloads: bytes) -> tuple[socket.socket, mmsg.Batch, list[bytes]]:
+def asked(server: socket.socket, new_batch: BatchOf, *payloads: bytes) -> tuple[socket.socket, mmsg.Batch, list[bytes]]:
     """One client sends `payloads`; a batch reader of 8 slots reads them: (client, batch, what it read)."""
     (c,) = clients(server, 1)
     for data in payloads:
         c.sendto(data, server.getsockname())
-    batch = mmsg.Batch(server, 8, SLOT)
+    batch = new_batch(server, 8)
     return c, batch, receive_all(batch, len(payloads))
 
 
-def test_nothing_waiting_reads_nothing(server: socket.socket) -> None:
-    batch = mmsg.Batch(server, 8, SLOT)
+def test_this_build_calls_through_cffi_where_it_made_the_extension() -> None:
+    """The compiled build's listener uses the cffi calls, the sources (NODECACHE_PURE_PYTHON=1) ctypes'."""
+    from nodecache import PURE_PYTHON, build
+    from tests.support import compiled
+
+    assert mmsg.CALLS is not None
+    if PURE_PYTHON or build() == "python":
+        assert mmsg.CALLS.name == "ctypes"
+    elif compiled.extension(compiled.REPO / "nodecache" / "_mmsgffi.py") is None:
+        pytest.skip("this build made no cffi extension (is cffi installed? `make venv` says)")
+    else:
+        assert mmsg.CALLS.name == "cffi"
+
+
+def test_nothing_waiting_reads_nothing(server: socket.socket, new_batch: BatchOf) -> None:
+    batch = new_batch(server, 8)
     assert batch.read() == () and (batch.received, batch.errors) == (0, 0)
     batch.flush(0)  # nothing queued: no call, no error
     assert batch.sent == 0
 
 
-def test_each_reply_goes_to_the_peer_of_its_query_even_with_gaps(server: socket.socket) -> None:
+def test_each_reply_goes_to_the_peer_of_its_query_even_with_gaps(server: socket.socket, new_batch: BatchOf) -> None:
     peers = clients(server, 20)
     try:
         for i, c in enumerate(peers):
             c.sendto(f"q{i}".encode(), server.getsockname())
-        batch = mmsg.Batch(server, 8, SLOT)
+        batch = new_batch(server, 8)
         got: list[bytes] = []
         while len(got) < len(peers):
             wait_readable(server)
@@ -125,30 +153,30 @@ def test_each_reply_goes_to_the_peer_of_its_query_even_with_gaps(server: socket.
             c.close()
 
 
-def test_an_ipv6_peer_reads_as_the_socket_module_writes_it(server: socket.socket) -> None:
-    c, batch, _ = asked(server, b"x")
+def test_an_ipv6_peer_reads_as_the_socket_module_writes_it(server: socket.socket, new_batch: BatchOf) -> None:
+    c, batch, _ = asked(server, new_batch, b"x")
     with c:
         assert batch.peer(0) == c.getsockname()  # (host, port) or (host, port, flowinfo, scope_id)
 
 
-def test_empty_and_largest_datagrams_pass_larger_ones_are_dropped_and_counted(server: socket.socket) -> None:
-    c, batch, got = asked(server, *(b"a" * size for size in (0, SLOT, SLOT + 1, 1, 4000)))
+def test_empty_and_largest_datagrams_pass_larger_ones_are_dropped_and_counted(server: socket.socket, new_batch: BatchOf) -> None:
+    c, batch, got = asked(server, new_batch, *(b"a" * size for size in (0, SLOT, SLOT + 1, 1, 4000)))
     with c:
         assert got == [b"", b"a" * SLOT, b"", b"a", b""]  # a dropped one reads as nothing, as an empty one does
         assert batch.truncated == 2 and batch.received == 5
 
 
-def test_a_reply_goes_out_from_its_own_bytes_whatever_its_size(server: socket.socket) -> None:
-    c, batch, _ = asked(server, b"q")
+def test_a_reply_goes_out_from_its_own_bytes_whatever_its_size(server: socket.socket, new_batch: BatchOf) -> None:
+    c, batch, _ = asked(server, new_batch, b"q")
     with c:
         batch.put(0, 0, b"b" * 3000)  # no send buffer to outgrow: the kernel reads the reply where it is
         batch.flush(1)
         assert c.recvfrom(4000)[0] == b"b" * 3000 and batch.sent == 1
 
 
-def test_a_replayed_reply_is_the_querys_own_id_and_the_rest(server: socket.socket) -> None:
+def test_a_replayed_reply_is_the_querys_own_id_and_the_rest(server: socket.socket, new_batch: BatchOf) -> None:
     """The listener's replay branch: send slot 0 points at query 0's ID where it was read, then `tail`."""
-    c, batch, _ = asked(server, b"\x12\x34query")
+    c, batch, _ = asked(server, new_batch, b"\x12\x34query")
     tail = b"the rest of a reply"
     with c:
         mmsg.set_pair(batch.send_vector, 0, batch.ids_at, 2, id(tail) + mmsg.BYTES_AT, len(tail))
@@ -156,12 +184,12 @@ def test_a_replayed_reply_is_the_querys_own_id_and_the_rest(server: socket.socke
         assert c.recv(100) == b"\x12\x34" + tail and batch.sent == 1
 
 
-def test_a_reply_the_kernel_refuses_is_counted_and_the_rest_still_go(server: socket.socket) -> None:
+def test_a_reply_the_kernel_refuses_is_counted_and_the_rest_still_go(server: socket.socket, new_batch: BatchOf) -> None:
     peers = clients(server, 3)
     try:
         for c in peers:
             c.sendto(b"q", server.getsockname())
-        batch = mmsg.Batch(server, 4, SLOT)
+        batch = new_batch(server, 4)
         receive_all(batch, 3)
         # The middle peer's address becomes port 0, which no datagram may be sent to.
         port_at = 2
@@ -174,10 +202,26 @@ def test_a_reply_the_kernel_refuses_is_counted_and_the_rest_still_go(server: soc
             c.close()
 
 
-def test_a_single_reply_goes_to_its_asker_and_is_counted(server: socket.socket) -> None:
-    c, batch, got = asked(server, b"q")
+def test_a_single_reply_goes_to_its_asker_and_is_counted(server: socket.socket, new_batch: BatchOf) -> None:
+    c, batch, got = asked(server, new_batch, b"q")
     with c:
         assert got == [b"q"] and (batch.received, batch.batches) == (1, 1)
         send(batch, [b"r"])
         assert c.recvfrom(100) == (b"r", server.getsockname()) and batch.sent == 1
 
+
+def test_an_error_the_socket_reports_is_counted_and_reading_goes_on(new_batch: BatchOf) -> None:
+    """A queued error (here ICMP port unreachable on a connected socket) is neither a datagram nor "nothing
+    to read": the read counts it and gives nothing; the next read finds nothing waiting, without an error."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:  # fmt: skip
+        closed.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        sock.connect(closed.getsockname())
+        closed.close()  # its port now answers with ICMP port unreachable
+        sock.send(b"to nobody")
+        wait_readable(sock)  # the error, queued on the socket
+        batch = new_batch(sock, 4)
+        assert batch.read() == () and batch.errors == 1
+        assert batch.read() == () and batch.errors == 1  # the error was consumed: now just nothing waiting

@@ -104,3 +104,4 @@ def test_built_wheel_is_compiled_and_has_no_sample_zone(tmp_path: Path) -> None:
         assert f"{module}.py" in names, f"{module}.py is not in the wheel"
         assert [n for n in names if n.startswith(f"{module}.") and n.endswith(".so")], f"{module} is not compiled"
     assert [n for n in names if n.startswith(f"{RUNTIME_PACKAGE}/native__mypyc.")], "no shared library of the compiled modules"
+    assert [n for n in names if n.startswith(f"{RUNTIME_PACKAGE}/_mmsgffi.")], "no cffi extension for recvmmsg/sendmmsg"
