@@ -59,18 +59,22 @@ _scope: Final = struct.Struct("=I")  # sin6_scope_id, in host order
 
 
 class Calls:
-    """recvmmsg and sendmmsg, each giving the count, or minus errno: through cffi or ctypes (mmsgabi.py)."""
+    """recvmmsg and sendmmsg as C functions Batch calls directly (no Python frame between), through cffi or
+    ctypes (mmsgabi.py): both take (fd, vector, count, flags[, NULL]) and return -1 with errno set on failure."""
 
     name = ""
+
+    def __init__(self, recvmmsg: Any, sendmmsg: Any, no_timeout: Any) -> None:
+        self.recvmmsg = recvmmsg
+        self.sendmmsg = sendmmsg
+        self.no_timeout = no_timeout  # recvmmsg's timeout argument: NULL, none
 
     def pointer(self, address: int) -> Any:
         """What the calls take for a vector at `address`: made once per vector, not per call."""
         raise NotImplementedError
 
-    def recvmmsg(self, fd: int, vector: Any, count: int, flags: int) -> int:
-        raise NotImplementedError
-
-    def sendmmsg(self, fd: int, vector: Any, count: int, flags: int) -> int:
+    def errno(self) -> int:
+        """The errno of this thread's last failed call (saved by cffi or ctypes right after it)."""
         raise NotImplementedError
 
 
@@ -80,20 +84,14 @@ class FfiCalls(Calls):
     name = "cffi"
 
     def __init__(self, module: Any) -> None:
-        self.lib = module.lib
+        super().__init__(module.lib.recvmmsg, module.lib.sendmmsg, module.ffi.NULL)
         self.ffi = module.ffi
-        self.null = module.ffi.NULL
 
     def pointer(self, address: int) -> Any:
         return self.ffi.cast("void *", address)
 
-    def recvmmsg(self, fd: int, vector: Any, count: int, flags: int) -> int:
-        n: int = self.lib.recvmmsg(fd, vector, count, flags, self.null)
-        return n if n >= 0 else -self.ffi.errno  # type: ignore[no-any-return]
-
-    def sendmmsg(self, fd: int, vector: Any, count: int, flags: int) -> int:
-        n: int = self.lib.sendmmsg(fd, vector, count, flags)
-        return n if n >= 0 else -self.ffi.errno  # type: ignore[no-any-return]
+    def errno(self) -> int:
+        return self.ffi.errno  # type: ignore[no-any-return]
 
 
 class CtypesCalls(Calls):
@@ -101,19 +99,11 @@ class CtypesCalls(Calls):
 
     name = "ctypes"
 
-    def __init__(self, lib: Any) -> None:
-        self.lib = lib
-
     def pointer(self, address: int) -> Any:
         return ctypes.c_void_p(address)  # a bare Python int would be cut to a C int
 
-    def recvmmsg(self, fd: int, vector: Any, count: int, flags: int) -> int:
-        n: int = self.lib.recvmmsg(fd, vector, count, flags, None)
-        return n if n >= 0 else -ctypes.get_errno()
-
-    def sendmmsg(self, fd: int, vector: Any, count: int, flags: int) -> int:
-        n: int = self.lib.sendmmsg(fd, vector, count, flags)
-        return n if n >= 0 else -ctypes.get_errno()
+    def errno(self) -> int:
+        return ctypes.get_errno()
 
 
 def ffi_calls() -> FfiCalls | None:
@@ -137,7 +127,7 @@ def ctypes_calls() -> CtypesCalls | None:
     # PyDLL rather than CDLL: the call keeps the GIL instead of releasing and taking it again
     # (~400 instructions a call). Both calls are non-blocking (MSG_DONTWAIT), so no other
     # thread waits on them for longer than the system call itself.
-    return CtypesCalls(lib)
+    return CtypesCalls(lib.recvmmsg, lib.sendmmsg, None)
 
 
 def _bytes_address_holds() -> bool:
@@ -177,6 +167,7 @@ class Batch:
         if calls is None:
             raise OSError(errno.ENOSYS, available())
         self.calls = calls
+        self._recvmmsg, self._sendmmsg, self._no_timeout = calls.recvmmsg, calls.sendmmsg, calls.no_timeout
         self.sock = sock
         self.fd = sock.fileno()
         self.size = size
@@ -225,14 +216,15 @@ class Batch:
         """recvmmsg: the lengths of the datagrams it read into the receive slots, as they came (larger
         than `slot` when cut); none when nothing waited, or on an error, counted."""
         while True:
-            n = self.calls.recvmmsg(self.fd, self._in_vector, self.size, MSG_DONTWAIT | MSG_TRUNC)
+            n: int = self._recvmmsg(self.fd, self._in_vector, self.size, MSG_DONTWAIT | MSG_TRUNC, self._no_timeout)
             if n > 0:
                 self.batches += 1
                 self.received += n
                 return self._lengths[n](self._hdr_in_view)  # type: ignore[no-any-return]
-            if n == 0 or -n in _AGAIN:
+            err = self.calls.errno()
+            if n == 0 or err in _AGAIN:
                 return ()
-            if -n != errno.EINTR:
+            if err != errno.EINTR:
                 self.errors += 1  # ICMP errors and the like: nothing to answer; the next read goes on
                 return ()
 
@@ -272,7 +264,7 @@ class Batch:
         """
         if not out:
             return
-        k = self.calls.sendmmsg(self.fd, self._out_vector, out, MSG_DONTWAIT)
+        k: int = self._sendmmsg(self.fd, self._out_vector, out, MSG_DONTWAIT)
         if k == out:  # all of them, at once: nearly always
             self.sent += k
             return
@@ -282,15 +274,16 @@ class Batch:
                 done += k
                 self.sent += k
             else:
-                if -k in _AGAIN:  # the send buffer is full: what is left would wait on it; drop it, counted
+                err = self.calls.errno()
+                if err in _AGAIN:  # the send buffer is full: what is left would wait on it; drop it, counted
                     self.send_dropped += out - done
                     return
-                if -k != errno.EINTR:
+                if err != errno.EINTR:
                     self.send_failed += 1  # this reply's peer cannot be reached; the rest still go
                     done += 1
             if done >= out:
                 return
-            k = self.calls.sendmmsg(self.fd, self.calls.pointer(self._hdr_out_at + done * _HDR), out - done, MSG_DONTWAIT)
+            k = self._sendmmsg(self.fd, self.calls.pointer(self._hdr_out_at + done * _HDR), out - done, MSG_DONTWAIT)
 
     def sendto(self, reply: bytes, addr: Any) -> None:
         """One reply now (a miss's answer): sendto, failures counted as flush() counts them."""
