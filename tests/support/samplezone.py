@@ -471,8 +471,11 @@ class SampleResponder:
         peer = writer.get_extra_info("peername")[:2]
         try:
             for _ in range(TCP_MAX_QUERIES_PER_CONNECTION):
-                size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_SECONDS), "big")
-                data = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE_SECONDS)
+                # asyncio.timeout rather than wait_for: a task torn down before wait_for ran would leave
+                # its readexactly coroutine never awaited (a RuntimeWarning in whichever test collects it).
+                async with asyncio.timeout(TCP_IDLE_SECONDS):
+                    size = int.from_bytes(await reader.readexactly(2), "big")
+                    data = await reader.readexactly(size)
                 self._spawn(self._tcp_answer(data, peer, writer))
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             pass
