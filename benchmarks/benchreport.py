@@ -225,7 +225,8 @@ def preamble(rep: dict, source: str) -> list[str]:
     versions = ", ".join(f"{k} {v[k]}" for k in (*CONTENDERS, "dnsperf", "nsd") if k in v)
     return [
         f"`make bench` on {started}, {host.get('cpus', '?')} CPUs, {pin}; {s.get('duration_s', '?'):g} s per run, "
-        f"{s.get('reps', '?')} interleaved repetitions, medians (lost: the sum over repetitions). "
+        f"{s.get('reps', '?')} interleaved repetitions{', each in a rotated order' if s.get('order') == 'rotated' else ''}, "
+        f"medians (lost: the sum over repetitions). "
         f"Versions: {versions}. Raw results: `{source}`.",
         "",
         f"nodecache forwards the cluster zone over TCP (its default) except in the UDP rows, "

@@ -2,9 +2,9 @@
 
 Every contender is a caching forwarder in front of the same NSD serving the
 sample cluster zone (and the zones the fill needs), gets the same dnsperf
-workloads in the same run, and is measured in interleaved repetitions
-(A B C A B C ...) so that the noise of a shared machine spreads over all of
-them. The closing table (benchreport.py) holds issue 10's figures, ratios and
+workloads in the same run, and is measured in interleaved repetitions,
+each in a rotated order (A B C, B C A, C A B, ...), so that the noise of a
+shared machine spreads over all of them and none is always measured first. The closing table (benchreport.py) holds issue 10's figures, ratios and
 targets; `--render FILE` writes it into the docs. See benchmarks/README.md.
 """
 
@@ -222,8 +222,7 @@ def bench(args: argparse.Namespace, names: list[str], workloads: list[str], opts
                 if "fill" in r.contender.workloads:
                     fill_cache(r, fill, opts, load_cpu, workdir)
         hit_file = bl.write_hit_file(workdir / "hit.txt")
-        plan = [(rep, w, r) for rep in range(1, args.reps + 1) for w in workloads if w != "fill"
-                for r in live if w in r.contender.workloads]  # fmt: skip
+        plan = run_order(args.reps, [w for w in workloads if w != "fill"], live)
         for done, (rep, workload, r) in enumerate(plan, 1):
             if r.error is not None:
                 continue
@@ -259,6 +258,19 @@ def bench(args: argparse.Namespace, names: list[str], workloads: list[str], opts
     print(f"raw results: {out.relative_to(bl.REPO)}; into the docs with: "
           f"benchmarks/run.py --render {out.relative_to(bl.REPO)}")
     return 1 if any(r.error for r in running) else 0
+
+
+def run_order(reps: int, workloads: list[str], live: list[Running]) -> list[tuple[int, str, Running]]:
+    """(repetition, workload, server) in the order they run: each workload's servers back to back, so a
+    workload's figures are taken minutes apart at most, and their order rotated at every repetition, so
+    no server always goes first (right after another workload, or after the fill)."""
+    plan = []
+    for rep in range(reps):
+        for w in workloads:
+            mine = [r for r in live if w in r.contender.workloads]
+            turn = rep % len(mine) if mine else 0
+            plan += [(rep + 1, w, r) for r in mine[turn:] + mine[:turn]]
+    return plan
 
 
 def contenders_for(names: list[str], workloads: list[str]) -> list[Contender]:
@@ -444,7 +456,7 @@ def build_report(args: argparse.Namespace, opts: bl.DnsperfOptions, miss_names: 
             "nsd": bl.tool_version([bl.find_program("nsd"), "-v"], r"NSD version\s+([\w.\-]+)"),
             **{r.contender.name: r.contender.version() for r in running},
         },
-        "settings": {"duration_s": args.duration, "reps": args.reps, "workloads": workloads,
+        "settings": {"duration_s": args.duration, "reps": args.reps, "order": "rotated", "workloads": workloads,
                      "dnsperf_options": " ".join(opts.argv()) + " -v",
                      "hit_rate": args.hit_rate, "miss_rate": args.miss_rate,
                      "miss_names_per_run": miss_names, "nodecache_args": args.nodecache_args,

@@ -208,6 +208,25 @@ def test_the_preamble_says_where_and_how_the_figures_were_measured() -> None:
     assert "79,872" in text and "prefer_udp" in text
     short = br.markdown(passing_report(), "benchmarks/results/X.json", only_targets=True)
     assert "3 interleaved repetitions" in short and "prefer_udp" not in short
+    assert "rotated" not in text  # results from before the order rotated do not claim it
+    rotated = passing_report()
+    rotated["settings"]["order"] = "rotated"
+    assert "3 interleaved repetitions, each in a rotated order" in br.markdown(rotated, "X.json")
+
+
+def test_each_repetition_rotates_which_server_goes_first() -> None:
+    """Within a workload the servers run back to back; over repetitions each goes first in turn."""
+    run = _load("run")
+
+    class Server:
+        def __init__(self, name: str, workloads: tuple[str, ...]) -> None:
+            self.contender = type("C", (), {"name": name, "workloads": workloads})()
+
+    a, b, c = Server("a", ("hit", "miss")), Server("b", ("hit", "miss")), Server("c", ("hit",))
+    plan = [(rep, w, r.contender.name) for rep, w, r in run.run_order(3, ["hit", "miss"], [a, b, c])]
+    assert plan == [(1, "hit", "a"), (1, "hit", "b"), (1, "hit", "c"), (1, "miss", "a"), (1, "miss", "b"),
+                    (2, "hit", "b"), (2, "hit", "c"), (2, "hit", "a"), (2, "miss", "b"), (2, "miss", "a"),
+                    (3, "hit", "c"), (3, "hit", "a"), (3, "hit", "b"), (3, "miss", "a"), (3, "miss", "b")]
 
 
 def test_splice_replaces_only_what_lies_between_the_markers() -> None:
