@@ -4,7 +4,8 @@ Every contender is a caching forwarder in front of the same NSD serving the
 sample cluster zone (and the zones the fill needs), gets the same dnsperf
 workloads in the same run, and is measured in interleaved repetitions,
 each in a rotated order (A B C, B C A, C A B, ...), so that the noise of a
-shared machine spreads over all of them and none is always measured first. The closing table (benchreport.py) holds issue 10's figures, ratios and
+shared machine spreads over all of them and none is always measured first.
+The closing table (benchreport.py) holds issue 10's figures, ratios and
 targets; `--render FILE` writes it into the docs. See benchmarks/README.md.
 """
 
