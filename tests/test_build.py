@@ -76,3 +76,34 @@ def test_a_failed_compile_installs_pure_python_and_says_why(tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr[-2000:]
     assert "compiling failed" in done.stderr and "gcc python3-dev" in done.stderr
     assert not (out.exists() and list(out.rglob("*.so"))), "a compiled module was left from a failed build"
+
+
+def _hidden(tmp_path: Path, module: str) -> dict[str, str]:
+    """An environment in which importing `module` fails, as where it is not installed."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir(exist_ok=True)
+    (shadow / f"{module}.py").write_text(f"raise ImportError('{module} hidden by the test')\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(shadow), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.mark.slow
+def test_without_cffi_the_build_says_so_and_goes_on(tmp_path: Path) -> None:
+    """No cffi at build time: no extension for the batch calls, a message saying how to get it, and the
+    rest of the build as it would be (here a failed compile, so it ends quickly)."""
+    if importlib.util.find_spec("mypyc") is None:
+        pytest.skip("mypyc is not installed, so the build stops before it looks for cffi")
+    done = subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--build-lib", str(tmp_path / "lib"), "--build-temp", str(tmp_path / "tmp")],
+        cwd=REPO, env={**_hidden(tmp_path, "cffi"), "CC": "false"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "cffi is not installed" in done.stderr and "ctypes" in done.stderr
+
+
+def test_without_cffis_backend_the_batch_calls_go_through_ctypes(tmp_path: Path) -> None:
+    """A compiled build run where cffi is missing (its extension cannot load): batching still works, on ctypes."""
+    code = "from nodecache import mmsg; print(mmsg.CALLS.name, mmsg.available())"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_hidden(tmp_path, "_cffi_backend"),
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ctypes", "None"]
