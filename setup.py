@@ -8,7 +8,8 @@ plain Python, and mmsg falls back to ctypes, so a build that cannot compile stil
 installs a working agent, only slower:
 
 - NODECACHE_COMPILE=0 builds no extensions;
-- without mypyc or cffi, or when the C compiler fails, the build says so and goes on pure.
+- without mypyc, or when the C compiler fails, the build says so and goes on pure;
+- without cffi, the modules are compiled and the build says that mmsg will call through ctypes.
 """
 
 from __future__ import annotations

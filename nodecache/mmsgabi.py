@@ -8,7 +8,7 @@ The vectors are laid out with the ctypes structures below in every build. The tw
 go through a small cffi extension where the build made one (FFI_MODULE, from
 `ffibuilder()`; setup.py), else through ctypes: a ctypes call without argtypes costs about
 2,700 instructions in libffi and argument conversion, the cffi one about 1,100, and a
-one-query hit makes two (docs/performance.md, "The kernel calls").
+one-query hit makes two (docs/performance.md, "The kernel calls through cffi").
 """
 
 from __future__ import annotations
