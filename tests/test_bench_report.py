@@ -89,6 +89,7 @@ def cells(rep: dict, label: str) -> list[str]:
 
 
 HIT_QPS = "hits, saturated: q/s"
+HIT_PER_CPU = "hits, saturated: q/s per second of server CPU"
 HIT_CPU = "hits at 40,000 q/s offered: server CPU µs/query"
 MISS_QPS = "misses, cluster over TCP, saturated: q/s"
 MISS_P99 = "misses, cluster over TCP, saturated: p99 ms"
@@ -115,7 +116,7 @@ def test_the_header_names_every_contender_and_both_ratios() -> None:
 def test_every_target_of_issue_10_passes_in_a_run_that_meets_them() -> None:
     verdicts = br.verdicts(passing_report())
     assert set(verdicts.values()) == {br.PASS}
-    for label in (HIT_QPS, HIT_CPU, MISS_QPS, MISS_P99, UDP_QPS, UDP_P99, IDLE, FULL, ENTRIES):
+    for label in (HIT_QPS, HIT_PER_CPU, HIT_CPU, MISS_QPS, MISS_P99, UDP_QPS, UDP_P99, IDLE, FULL, ENTRIES):
         assert label in verdicts
     assert sum(1 for label in verdicts if label.endswith("lost, all reps")) == 5
     assert sum(1 for label in verdicts if label.endswith("achieved q/s")) == 2
@@ -134,6 +135,7 @@ def _set(rep: dict, path: tuple, value: float) -> dict:
     ("path", "value", "label"),
     [
         (("summary", "hit", "nodecache", "qps"), 249_999, HIT_QPS),
+        (("summary", "hit", "nodecache", "cpu_us_per_query"), 3.51, HIT_PER_CPU),
         (("summary", "hit-rate", "nodecache", "cpu_us_per_query"), 11.3, HIT_CPU),
         (("summary", "miss", "nodecache", "qps"), 31_999, MISS_QPS),
         (("summary", "miss", "nodecache", "p99_latency_ms"), 10.01, MISS_P99),
@@ -178,6 +180,32 @@ def test_a_rate_the_reference_did_not_sustain_makes_the_comparison_not_applicabl
     assert row[-1] == br.NA
 
 
+def _busy(rep: dict, workload: str, name: str, server: float, dnsperf: float) -> dict:
+    rep = _set(rep, ("summary", workload, name, "server_cpu_pct"), server)
+    return _set(rep, ("summary", workload, name, "dnsperf_cpu_pct"), dnsperf)
+
+
+def test_saturated_hits_per_second_of_server_cpu_are_one_million_over_its_cpu_per_hit() -> None:
+    row = cells(passing_report(), HIT_PER_CPU)
+    assert row[:5] == ["333,333", "285,714", "312,500", "1.17x", "1.07x"]
+    assert row[-2:] == [">= 1x dnsmasq", br.PASS]
+
+
+def test_a_saturated_rate_dnsperf_bounded_only_proves_a_pass() -> None:
+    """dnsperf at its CPU's limit and nodecache with CPU to spare: its q/s is dnsperf's ceiling, a lower bound."""
+    slower = _set(passing_report(), ("summary", "hit", "nodecache", "qps"), 240_000)
+    bound = _busy(slower, "hit", "nodecache", server=77, dnsperf=99)
+    row = cells(bound, HIT_QPS)
+    assert row[0] == "240,000 (dnsperf-bound)" and row[1] == "250,000"
+    assert row[-1] == br.NA  # below dnsmasq's, yet nodecache was not the limit
+    assert cells(bound, "hits, saturated: server CPU busy, %")[0] == "77"
+    assert br.verdicts(bound)[HIT_PER_CPU] == br.PASS  # what its CPU does decides
+    assert br.verdicts(_busy(slower, "hit", "nodecache", server=97, dnsperf=99))[HIT_QPS] == br.FAIL  # its own limit
+    assert br.verdicts(_busy(slower, "hit", "nodecache", server=77, dnsperf=80))[HIT_QPS] == br.FAIL  # nor dnsperf's
+    faster = _busy(passing_report(), "hit", "nodecache", server=77, dnsperf=99)
+    assert br.verdicts(faster)[HIT_QPS] == br.PASS  # a lower bound above the target is a pass
+
+
 def test_the_udp_rows_compare_with_the_peers_miss_figures() -> None:
     row = cells(passing_report(), UDP_QPS)
     assert row[:5] == ["33,000", "20,000", "40,000", "1.65x", "0.82x"]
@@ -191,7 +219,7 @@ def test_without_a_peer_its_column_goes_and_its_comparisons_are_not_applicable()
     del rep["contenders"]["dnsmasq"]
     head = [c.strip() for c in br.table(rep)[0].strip("|").split("|")]
     assert "dnsmasq" not in head and "nodecache/dnsmasq" not in head
-    assert br.verdicts(rep)[HIT_QPS] == br.NA
+    assert br.verdicts(rep)[HIT_QPS] == br.verdicts(rep)[HIT_PER_CPU] == br.NA
     assert br.verdicts(rep)[MISS_QPS] == br.PASS
 
 
