@@ -70,6 +70,11 @@ UDP_IDLE_MAX: Final = 128
 UDP_SOCKETS_MAX = 2048  # open at once (busy and idle): a zone's max_concurrent (1000) times two open tries, and some
 ID_BLOCK: Final = 4096  # bytes of CSPRNG output read at once for query IDs: 2048 IDs per getrandom call
 HEALTH_QUERY: Final = b"\x00" + b"\x00\x02\x00\x01"  # ". IN NS", as CoreDNS probes
+# Linux only. A server that writes replies without TCP_NODELAY (NSD does; CoreDNS, in Go, does not)
+# holds each reply back until the one before it is ACKed, and Linux delays that ACK by up to 40 ms
+# when the connection looks interactive. So a read that leaves replies owed ACKs at once:
+# five pipelined queries to NSD 4.6 took 44 ms in 39 of 40 rounds without it, 0.7 ms with it.
+TCP_QUICKACK: Final[int] = getattr(socket, "TCP_QUICKACK", 0)  # 0: this system has none
 
 # Retransmission timer (RFC 6298 2.1-2.3): before the first answer a try is
 # retried after INITIAL_RTO; after it, after SRTT + 4 RTTVAR (at least 2 SRTT), never sooner
@@ -217,6 +222,13 @@ class _TcpConnection(FramedConnection):
         self.used = False  # a query went out since the idle timer last fired
         self._out: list[bytes] = []  # framed queries not written yet (see `_flush`)
         self._gone = gone  # tells the upstream this connection closed (it leaves the pool)
+        self._ack_now: Callable[[int, int, int], None] | None = None  # the socket's setsockopt (TCP_QUICKACK)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if TCP_QUICKACK and sock is not None:
+            self._ack_now = sock.setsockopt
 
     def busy(self) -> bool:
         used, self.used = self.used, False
@@ -237,6 +249,13 @@ class _TcpConnection(FramedConnection):
                 t.fail(UpstreamError(f"unusable reply over TCP: {exc}"))
                 continue
             t.answer(msg, scan)
+        if self.pending and self._ack_now is not None and not self.closed:
+            # Replies are still owed, and the server may be holding them until this read is
+            # ACKed: ACK it now, not after the delayed-ACK timer. With none owed, nothing waits.
+            try:
+                self._ack_now(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
+            except OSError:
+                self._ack_now = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close()

@@ -17,6 +17,7 @@ import pytest
 from dnslib import DNSRecord
 
 from tests.conftest import AgentProcess
+from tests.dnsmsg import query
 from tests.support.clients import dig, kdig_many, raw_tcp, raw_udp
 from tests.support.fakeupstream import FakeUpstream
 from tests.support.net import free_port
@@ -152,6 +153,25 @@ def test_pipelined_tcp_queries_are_all_answered(agent: AgentProcess) -> None:
     parsed = {DNSRecord.parse(r).header.id: DNSRecord.parse(r) for r in replies}
     assert sorted(parsed) == [1000, 1001, 1002]
     assert all(p.rr for p in parsed.values())
+
+
+def test_pipelined_misses_are_not_held_by_nsds_wait_for_our_acks(agent: AgentProcess) -> None:
+    """NSD writes its TCP replies without TCP_NODELAY, so each waits until the one before is ACKed.
+
+    Five misses forwarded together go to NSD pipelined on one connection. Unless the
+    agent ACKs each read at once, Linux delays that ACK (about 40 ms) and the later
+    replies wait for it: nearly every round, before the agent set TCP_QUICKACK.
+    """
+    rounds = []
+    for r in range(12):
+        wires = [query(f"ack{r}-{i}.wild.cluster.local", qid=i + 1) for i in range(5)]
+        started = time.monotonic()
+        replies = raw_tcp(HOST, agent.port, wires, timeout=5)  # type: ignore[attr-defined]
+        rounds.append(time.monotonic() - started)
+        assert sorted(int.from_bytes(w[:2], "big") for w in replies) == [1, 2, 3, 4, 5]
+        time.sleep(0.02)
+    rounds.sort()
+    assert rounds[len(rounds) // 2] < 0.020, [f"{x * 1000:.1f} ms" for x in rounds]
 
 
 def test_idle_tcp_connection_is_closed(agent: AgentProcess) -> None:
