@@ -79,6 +79,10 @@ class Contender(ABC):
         """What the running server says its cache holds: {"held": N, ...}, or None if it cannot say."""
         return None
 
+    def heap_trims(self, slot: Slot) -> dict | None:
+        """The server's heap trims so far ({"trims": N, "seconds": S}; each stalls its loop), or None."""
+        return None
+
     def start(self, slot: Slot) -> bl.ManagedProcess:
         argv = bl.pinned(self.command(slot), slot.cpu)
         return bl.ManagedProcess(self.name, argv, slot.workdir / f"{self.name}.log", cwd=bl.REPO,
@@ -121,8 +125,8 @@ class Nodecache(Contender):
         except ImportError:
             return "unknown"
 
-    def cache_entries(self, slot: Slot) -> dict | None:
-        """Entries per the agent's own stats (its control socket), summed over zones."""
+    def stats(self, slot: Slot) -> dict | None:
+        """`nodecache stats --json` of the running agent (its control socket), or None."""
         import json
 
         p = subprocess.run([sys.executable, "-m", "nodecache", "stats", "--json", "--control-socket",
@@ -131,7 +135,19 @@ class Nodecache(Contender):
         if p.returncode != 0:
             bl.log(f"  {self.name}: no stats ({p.stderr.strip()})")
             return None
-        cache = json.loads(p.stdout)["cache"]
+        return json.loads(p.stdout)  # type: ignore[no-any-return]
+
+    def heap_trims(self, slot: Slot) -> dict | None:
+        stats = self.stats(slot)
+        heap = stats.get("heap") if stats else None
+        return {"trims": heap["trims"], "seconds": heap["seconds"]} if heap else None
+
+    def cache_entries(self, slot: Slot) -> dict | None:
+        """Entries per the agent's own stats (its control socket), summed over zones."""
+        stats = self.stats(slot)
+        if stats is None:
+            return None
+        cache = stats["cache"]
         held = cache["entries"]["success"] + cache["entries"]["denial"]
         capacity = cache["capacity"]["success"] + cache["capacity"]["denial"]
         return {"held": held, "capacity": capacity, "memory_evictions": cache.get("memory_evictions"),

@@ -236,8 +236,11 @@ def bench(args: argparse.Namespace, names: list[str], workloads: list[str], opts
                 bl.log(f"  {r.contender.name}: {r.error}")
                 continue
             res = runs[-1]["dnsperf"]
+            trims = (f", {runs[-1]['heap_trims']} heap trims ({runs[-1]['heap_trim_ms']} ms)"
+                     if runs[-1].get("heap_trims") else "")  # fmt: skip
             bl.log(f"  {res['qps']:,.0f} q/s, {res['cpu_us_per_query'] or 0:.1f} µs CPU/query, "
-                   f"p99 {fmt_ms(res['p99_latency_ms'])} ms, lost {res['lost']}")
+                   f"p99 {fmt_ms(res['p99_latency_ms'])} ms, max {fmt_ms(res['max_latency_ms'])} ms, "
+                   f"lost {res['lost']}{trims}")
         for r in running:
             if r.proc is not None and r.proc.alive():
                 r.memory_kib = bl.memory_kib(r.proc.pid)
@@ -383,6 +386,8 @@ def measure(r: Running, workload: str, rep: int, hit_file: Path, miss_names: int
         if differ:
             bl.log(f"  warning: answers differ from the upstream's: {differ}")
         info["warm_mismatch"] = differ
+    trims_before = r.contender.heap_trims(r.slot)
+    if workload in HIT_WORKLOADS:
         cpu_before = bl.cpu_seconds(r.proc.pid)
         result = bl.run_dnsperf(hit_file, r.slot.port, workdir, label, opts, duration=args.duration,
                                 cpu=load_cpu, rate=rate)
@@ -401,6 +406,11 @@ def measure(r: Running, workload: str, rep: int, hit_file: Path, miss_names: int
             bl.log(f"  warning: dnsperf stopped by {result.stopped_by!r}, not the time limit; "
                    f"raise --miss-names")
     server_cpu_s = bl.cpu_seconds(r.proc.pid) - cpu_before
+    trims_after = r.contender.heap_trims(r.slot)
+    if trims_before is not None and trims_after is not None:
+        # Heap trims during the run: each stalls the server's loop (nodecache/heap.py).
+        info["heap_trims"] = trims_after["trims"] - trims_before["trims"]
+        info["heap_trim_ms"] = round(1000 * (trims_after["seconds"] - trims_before["seconds"]), 1)
     if result.run_time_s > 0:
         result.server_cpu_pct = 100 * server_cpu_s / result.run_time_s
     info["dnsperf"] = asdict(result)

@@ -58,6 +58,9 @@ INDEX_SLOT_BYTES: Final = 30  # a plain dict's slot (the NXDOMAIN index), likewi
 # Nothing ever leaves the table, so whether a value is shared never changes
 # while an entry holds it. The table itself is at most a few hundred KiB.
 MAX_SHARED: Final = 4096
+# Entries a purge looks at before the agent's loop runs queries again (`ZoneCache.purge_steps`):
+# about 0.1 ms of work at a time instead of one walk over the whole cache.
+PURGE_STEP: Final = 1000
 _shared: Final[dict[object, object]] = {}
 # Sizes as sys.getsizeof gives them, computed once: `slot_size` runs twice a miss (store, eviction).
 _FLOAT_BYTES: Final = sys.getsizeof(0.0)
@@ -798,13 +801,27 @@ class ZoneCache:
 
     def purge(self) -> int:
         """Drop entries past their stale window; return how many."""
-        now = self.clock()
-        dropped = 0
+        return sum(self.purge_steps(PURGE_STEP))
+
+    def purge_steps(self, step: int) -> Iterator[int]:
+        """Drop entries past their stale window, `step` entries looked at a time: how many each step dropped.
+
+        The caller may run queries between steps (the agent's purge sweep yields to its loop):
+        walking 80,000 entries at once stalled every query for 30-60 ms. Keys stored after the
+        walk began are not looked at; each entry is judged when its step comes, so one stored
+        again in between is judged as it is then.
+        """
         for lru in (self.success, self.denial):
-            for key in [k for k, e in lru.peek_items() if e.stale_until <= now]:
-                del lru[key]
-                dropped += 1
-        return dropped
+            keys = lru.keys()
+            for start in range(0, len(keys), step):
+                now = self.clock()
+                dropped = 0
+                for key in keys[start : start + step]:
+                    entry = lru.peek(key)
+                    if entry is not None and entry.stale_until <= now:
+                        del lru[key]
+                        dropped += 1
+                yield dropped
 
     def flush(self, match: Callable[[bytes], bool] | None = None) -> int:
         """Remove every entry (or those whose key `match` accepts); return how many."""

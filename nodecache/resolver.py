@@ -24,12 +24,12 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from nodecache import prefetch, wire
-from nodecache.cache import Entry, Kind, MemoryBudget, ReplyMemo, ZoneCache
+from nodecache.cache import PURGE_STEP, Entry, Kind, MemoryBudget, ReplyMemo, ZoneCache
 from nodecache.config import DEFAULT_MAX_PREFETCHING, STALE_REPLY_TTL, UPSTREAM_UDP_PAYLOAD, CachePolicy, Config, Zone
 from nodecache.counters import Activity, Histogram, counted_rcode, counted_type
 from nodecache.errors import UpstreamError
@@ -702,6 +702,11 @@ class Resolver:
     def purge(self) -> int:
         """Drop entries past their stale window in every zone."""
         return sum(z.cache.purge() for z in self.zones)
+
+    def purge_steps(self, step: int = PURGE_STEP) -> Iterator[int]:
+        """The same in steps of `step` entries, zone after zone: what each step dropped (ZoneCache.purge_steps)."""
+        for zone in self.zones:
+            yield from zone.cache.purge_steps(step)
 
     def flush(self, name: str | None = None, suffix: str | None = None, qtype: int | None = None) -> int:
         """Remove cached answers; return how many. No argument: everything.

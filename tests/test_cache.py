@@ -456,6 +456,23 @@ class TestPurgeAndFlush:
         clock.advance(0.5)
         assert cache.purge() == 1 and cache.get(key_for()) is None
 
+    def test_purge_in_steps_judges_each_entry_when_its_step_comes(self, clock: FakeClock) -> None:
+        """Between steps queries run: an entry stored again meanwhile is kept, one stored after the walk began is not
+        looked at, and the steps drop together what one purge would."""
+        cache = ZoneCache(CachePolicy(stale_window=0), clock.now)
+        names = [f"n{i}.example.com." for i in range(7)]
+        for n in names:
+            cache.store(key_for(n), positive(10, n), False, 1232)
+        clock.advance(11)  # all seven expired
+        steps = cache.purge_steps(3)
+        assert next(steps) == 3  # n0..n2
+        cache.store(key_for(names[4]), positive(60, names[4]), False, 1232)  # n4 answered again, fresh
+        cache.store(key_for("late.example.com."), positive(1, "late.example.com."), False, 1232)
+        clock.advance(2)  # the late entry expires too, but came after the walk began
+        assert list(steps) == [2, 1]  # n3, n5 | n6 (the denial LRU is empty: no step)
+        assert sorted(stored_keys(cache)) == sorted([key_for(names[4]), key_for("late.example.com.")])
+        assert cache.purge() == 1  # the next sweep finds the late one
+
     def test_flush_all(self, clock: FakeClock) -> None:
         """flush() empties both caches and says how many entries went, without counting evictions."""
         cache = ZoneCache(CachePolicy(), clock.now)
