@@ -699,12 +699,9 @@ class Resolver:
         while self.waiting and loop.time() < end:
             await asyncio.sleep(DRAIN_POLL)
 
-    def purge(self) -> int:
-        """Drop entries past their stale window in every zone."""
-        return sum(z.cache.purge() for z in self.zones)
-
     def purge_steps(self, step: int = PURGE_STEP) -> Iterator[int]:
-        """The same in steps of `step` entries, zone after zone: what each step dropped (ZoneCache.purge_steps)."""
+        """Drop entries past their stale window in every zone, `step` entries looked at a time, zone after zone:
+        what each step dropped (ZoneCache.purge_steps; PeriodicTasks.purge yields to the loop between them)."""
         for zone in self.zones:
             yield from zone.cache.purge_steps(step)
 
