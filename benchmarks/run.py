@@ -386,8 +386,7 @@ def measure(r: Running, workload: str, rep: int, hit_file: Path, miss_names: int
         if differ:
             bl.log(f"  warning: answers differ from the upstream's: {differ}")
         info["warm_mismatch"] = differ
-    trims_before = r.contender.heap_trims(r.slot)
-    if workload in HIT_WORKLOADS:
+        trims_before = r.contender.heap_trims(r.slot)
         cpu_before = bl.cpu_seconds(r.proc.pid)
         result = bl.run_dnsperf(hit_file, r.slot.port, workdir, label, opts, duration=args.duration,
                                 cpu=load_cpu, rate=rate)
@@ -397,6 +396,7 @@ def measure(r: Running, workload: str, rep: int, hit_file: Path, miss_names: int
         info["miss_run_id"] = bl.write_miss_file(data, count)
         info["miss_names"] = count
         try:
+            trims_before = r.contender.heap_trims(r.slot)
             cpu_before = bl.cpu_seconds(r.proc.pid)
             result = bl.run_dnsperf(data, r.slot.port, workdir, label, opts, duration=args.duration,
                                     max_runs=1, cpu=load_cpu, rate=rate)
